@@ -1,0 +1,565 @@
+//! The TOML configuration file: its shape, defaults, and validation with
+//! errors that name the key and what is wrong with it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration that could not be loaded: the file is missing, is not
+/// TOML, or holds a value that is not allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or name.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// The parser's message, which names the key and the line.
+        message: String,
+    },
+    /// A key has a value that parses but is not allowed.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `intercept.hosts[2]`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[proxy]`: where to listen.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// `[ca]`: the certificate authority that signs leaf certificates.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// `[source]`: the identity that impersonates.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// `[upstream]`: how the proxy reaches Google (and stand-ins for it).
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// `[intercept]`: which CONNECT hosts are terminated and routed.
+    #[serde(default)]
+    pub intercept: InterceptConfig,
+    /// `[limits]`: timeouts and sizes that protect the proxy.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The proxy listener (CONNECT and absolute-form `http://`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How long in-flight requests and tunnels may take to finish after a
+    /// shutdown signal.
+    #[serde(default = "default_drain", deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_listen(),
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[ca]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// The CA certificate (PEM).
+    #[serde(default = "default_ca_cert")]
+    pub cert: PathBuf,
+    /// The CA private key (PEM, PKCS#8); must be readable by the owner only.
+    #[serde(default = "default_ca_key")]
+    pub key: PathBuf,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            cert: default_ca_cert(),
+            key: default_ca_key(),
+        }
+    }
+}
+
+fn default_ca_cert() -> PathBuf {
+    PathBuf::from("certs/ca.pem")
+}
+
+fn default_ca_key() -> PathBuf {
+    PathBuf::from("certs/ca-key.pem")
+}
+
+/// `[source]`: the source credential (credential A in Google's docs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Which kind of source credential.
+    #[serde(default, rename = "type")]
+    pub kind: SourceKind,
+    /// A service account key or an `authorized_user` file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A file that holds an access token (`type = "access_token"`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The kinds of source credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Application Default Credentials discovery.
+    #[default]
+    Adc,
+    /// A service account key file.
+    ServiceAccount,
+    /// A gcloud user login (`authorized_user` file).
+    AuthorizedUser,
+    /// The GCE/GKE metadata server.
+    Metadata,
+    /// A static access token read from `token_file`.
+    AccessToken,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// PEM files trusted in addition to the built-in roots, for forwarding
+    /// and for token/IAM calls.
+    #[serde(default)]
+    pub extra_ca: Vec<PathBuf>,
+    /// Host name → `ip:port`, used instead of DNS for every outbound
+    /// connection the proxy makes.
+    #[serde(default)]
+    pub resolve: BTreeMap<String, SocketAddr>,
+    /// How long to wait for a TCP connection to an upstream.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// How long to wait for an upstream's response headers (→ 504).
+    #[serde(default = "default_response_timeout", deserialize_with = "de_duration")]
+    pub response_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            extra_ca: Vec::new(),
+            resolve: BTreeMap::new(),
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[intercept]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptConfig {
+    /// Hosts that are terminated and routed: exact names or `*.suffix`.
+    #[serde(default = "default_intercept_hosts")]
+    pub hosts: Vec<String>,
+    /// What happens to a CONNECT for any other host.
+    #[serde(default)]
+    pub other: OtherHosts,
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        InterceptConfig {
+            hosts: default_intercept_hosts(),
+            other: OtherHosts::default(),
+        }
+    }
+}
+
+fn default_intercept_hosts() -> Vec<String> {
+    vec!["*.googleapis.com".to_owned()]
+}
+
+/// What to do with a CONNECT to a host that is not intercepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherHosts {
+    /// Answer 403.
+    #[default]
+    Deny,
+    /// Splice bytes to the real host without looking at them.
+    Tunnel,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time a client has to send a complete request head (slowloris guard).
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Largest request head accepted; a larger one gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams one client connection may have open at once.
+    #[serde(default = "default_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
+    /// Client connections served at once; more wait for a free place.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            h2_max_concurrent_streams: default_h2_streams(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_h2_streams() -> u32 {
+    256
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+/// Parses durations such as `"10s"`, `"90s"`, `"1m 30s"` or `"3600s"`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"10s\" or \"5m\""))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A host pattern from the config: an exact name or `*.suffix`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// Matches this name only (lowercase, no trailing dot).
+    Exact(String),
+    /// Matches any name that ends with `.suffix` (stored as `.suffix`).
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses `host` or `*.suffix`; `key` names the config key for errors.
+    pub fn parse(key: &str, raw: &str) -> Result<Self, ConfigError> {
+        let s = normalize_host(raw);
+        if let Some(rest) = s.strip_prefix("*.") {
+            check_dns_name(key, raw, rest)?;
+            return Ok(HostPattern::Suffix(format!(".{rest}")));
+        }
+        if s.contains('*') {
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{raw}`: a wildcard is only allowed as a leading `*.` (e.g. \"*.googleapis.com\")"),
+            ));
+        }
+        check_dns_name(key, raw, &s)?;
+        Ok(HostPattern::Exact(s))
+    }
+
+    /// Whether `host` (already normalized) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(sfx) => host.len() > sfx.len() && host.ends_with(sfx.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl fmt::Debug for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Lowercases a host name and drops a trailing dot, the form every
+/// comparison in the proxy uses.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    h.to_ascii_lowercase()
+}
+
+fn check_dns_name(key: &str, raw: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("`{raw}` is not a host name (expected e.g. \"storage.googleapis.com\" or \"*.googleapis.com\")"),
+        ))
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used in messages and to
+    /// resolve relative file names.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Relative file names in the config are relative to the config file,
+    /// so a config works the same from any working directory.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !dir.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.ca.cert);
+        fix(&mut self.ca.key);
+        self.upstream.extra_ca.iter_mut().for_each(fix);
+        if let Some(p) = self.source.file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.source.token_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks the values that parse but are not allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.intercept.hosts.is_empty() {
+            return Err(ConfigError::invalid(
+                "intercept.hosts",
+                "is empty; list the hosts to terminate, e.g. [\"*.googleapis.com\"]",
+            ));
+        }
+        self.intercept_patterns()?;
+        for host in self.upstream.resolve.keys() {
+            HostPattern::parse(&format!("upstream.resolve.\"{host}\""), host)?;
+        }
+        match self.source.kind {
+            SourceKind::ServiceAccount | SourceKind::AuthorizedUser
+                if self.source.file.is_none() =>
+            {
+                return Err(ConfigError::invalid(
+                    "source.file",
+                    "is required for this source type: the path of the key or credentials JSON file",
+                ));
+            }
+            SourceKind::AccessToken if self.source.token_file.is_none() => {
+                return Err(ConfigError::invalid(
+                    "source.token_file",
+                    "is required for type = \"access_token\": a file that holds the token",
+                ));
+            }
+            _ => {}
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if l.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "limits.h2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[intercept] hosts` patterns, parsed.
+    pub fn intercept_patterns(&self) -> Result<Vec<HostPattern>, ConfigError> {
+        self.intercept
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HostPattern::parse(&format!("intercept.hosts[{i}]"), h))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gets_defaults() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.proxy.listen, default_listen());
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.max_header_bytes, 65536);
+        assert_eq!(cfg.intercept.other, OtherHosts::Deny);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = parse("[proxy]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("listn"), "{msg}");
+    }
+
+    #[test]
+    fn bad_host_pattern_names_the_key() {
+        let err = parse("[intercept]\nhosts = [\"a.com\", \"foo.*.com\"]\n").unwrap_err();
+        assert!(err.to_string().contains("intercept.hosts[1]"), "{err}");
+    }
+
+    #[test]
+    fn host_patterns_match_by_suffix_and_exactly() {
+        let s = HostPattern::parse("k", "*.GoogleAPIs.com.").unwrap();
+        assert!(s.matches("storage.googleapis.com"));
+        assert!(!s.matches("googleapis.com"));
+        assert!(!s.matches("evilgoogleapis.com"));
+        let e = HostPattern::parse("k", "storage.googleapis.com").unwrap();
+        assert!(e.matches("storage.googleapis.com"));
+        assert!(!e.matches("x.storage.googleapis.com"));
+    }
+
+    #[test]
+    fn durations_parse_and_zero_is_refused() {
+        let cfg = parse("[limits]\nidle_timeout = \"2m\"\n").unwrap();
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));
+        let err = parse("[limits]\nidle_timeout = \"0s\"\n").unwrap_err();
+        assert!(err.to_string().contains("limits.idle_timeout"), "{err}");
+        let err = parse("[limits]\nidle_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let cfg =
+            Config::parse(Path::new("/etc/ip/proxy.toml"), "[ca]\ncert = \"ca.pem\"\n").unwrap();
+        assert_eq!(cfg.ca.cert, PathBuf::from("/etc/ip/ca.pem"));
+    }
+
+    #[test]
+    fn source_file_required_for_key_types() {
+        let err = parse("[source]\ntype = \"service_account\"\n").unwrap_err();
+        assert!(err.to_string().contains("source.file"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The upstream client: one pooled hyper client for every outbound request
+//! the proxy makes (forwarded traffic, token endpoints, IAM), HTTP/1.1 or
+//! HTTP/2 by ALPN, with the `[upstream.resolve]` map and `extra_ca` roots.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{normalize_host, UpstreamConfig};
+
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request the proxy sends and every response it
+/// writes: a streamed client body, or a small buffered one.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Wraps a streamed hyper body.
+pub fn stream_body(body: Incoming) -> ProxyBody {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// A small in-memory body.
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An upstream request that failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// No connection could be made (DNS, TCP, or TLS).
+    #[error("cannot connect to {host}: {cause}")]
+    Connect {
+        /// The upstream host.
+        host: String,
+        /// The underlying cause, as text.
+        cause: String,
+    },
+    /// The upstream did not answer within `upstream.response_timeout`.
+    #[error("{host} did not respond within {after:?}")]
+    Timeout {
+        /// The upstream host.
+        host: String,
+        /// The configured limit.
+        after: Duration,
+    },
+    /// The connection failed while sending the request or reading the head.
+    #[error("request to {host} failed: {cause}")]
+    Upstream {
+        /// The upstream host.
+        host: String,
+        /// The underlying cause, as text.
+        cause: String,
+    },
+}
+
+impl ForwardError {
+    /// Whether the upstream timed out (→ 504) rather than failed (→ 502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ForwardError::Timeout { .. })
+    }
+}
+
+/// The upstream could not be set up from the config.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream.extra_ca: {0}")]
+pub struct UpstreamSetupError(#[from] crate::tls::PemError);
+
+type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
+
+/// The shared upstream client. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, ProxyBody>,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client: roots are the web PKI plus `extra_ca`; host names
+    /// in `resolve` go to their configured address, others to DNS.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+        let roots = crate::tls::root_store(&cfg.extra_ca)?;
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new_with_resolver(ResolveMap::new(&cfg.resolve));
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .http2_adaptive_window(true)
+            .build(https);
+        Ok(Upstream {
+            client,
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    /// Sends one request. The URI must be absolute (`https://host/path`);
+    /// the destination is the URI's host, resolved through the map.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
+        let host = req.uri().host().unwrap_or_default().to_owned();
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout {
+                host,
+                after: self.response_timeout,
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                let cause = error_chain(&e);
+                if e.is_connect() {
+                    Err(ForwardError::Connect { host, cause })
+                } else {
+                    Err(ForwardError::Upstream { host, cause })
+                }
+            }
+        }
+    }
+}
+
+/// The error and its sources, joined, so a user sees the root cause (e.g.
+/// "invalid peer certificate: UnknownIssuer") and not only "client error".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// `[upstream.resolve]` in front of the system resolver.
+#[derive(Clone)]
+pub(crate) struct ResolveMap {
+    map: Arc<BTreeMap<String, SocketAddr>>,
+    dns: GaiResolver,
+}
+
+impl ResolveMap {
+    fn new(map: &BTreeMap<String, SocketAddr>) -> Self {
+        let map = map.iter().map(|(k, v)| (normalize_host(k), *v)).collect();
+        ResolveMap {
+            map: Arc::new(map),
+            dns: GaiResolver::new(),
+        }
+    }
+}
+
+type Addrs = std::vec::IntoIter<SocketAddr>;
+
+impl tower_service::Service<Name> for ResolveMap {
+    type Response = Addrs;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Addrs, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        // A mapped address keeps its own port: hyper-util only overrides it
+        // when the URI names a port explicitly.
+        if let Some(addr) = self.map.get(&normalize_host(name.as_str())) {
+            let addr = *addr;
+            return Box::pin(async move { Ok(vec![addr].into_iter()) });
+        }
+        let fut = self.dns.call(name);
+        Box::pin(async move {
+            let addrs = fut.await?;
+            Ok(addrs.collect::<Vec<_>>().into_iter())
+        })
+    }
+}
