@@ -2,6 +2,15 @@
 //! hosts and forwards each request with a credential chosen by route.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod config;
 pub mod forward;
+mod listener;
+pub mod proxy;
+pub mod reply;
+mod request;
 pub mod tls;
+mod tunnel;
+
+pub use config::Config;
+pub use proxy::{Proxy, StartError};

@@ -1,0 +1,127 @@
+//! The accept loop and the client-facing HTTP/1.1 connection: connection
+//! limit, then CONNECT vs absolute-form dispatch.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::Scheme;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::forward::ProxyBody;
+use crate::proxy::Shared;
+use crate::request::{self, Origin, Target};
+use crate::{reply, tunnel};
+
+/// Holds one place under `limits.max_connections` for as long as the client
+/// connection or any tunnel opened from it lives.
+pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
+
+pub(crate) async fn accept_loop(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    signal: impl Future<Output = ()>,
+) {
+    tokio::pin!(signal);
+    loop {
+        // Waiting for a place before accepting leaves excess clients in the
+        // kernel's backlog instead of failing them.
+        let permit = tokio::select! {
+            _ = &mut signal => return,
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => Arc::new(p),
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut signal => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared2 = shared.clone();
+        shared
+            .tasks
+            .spawn(async move { serve_client(shared2, stream, peer, permit).await });
+    }
+}
+
+async fn serve_client(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, req).await) }
+    });
+    let conn = shared
+        .h1
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    permit: ConnPermit,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return tunnel::connect(shared, peer, permit, req).await;
+    }
+    let uri = req.uri();
+    match (uri.scheme(), uri.authority()) {
+        (Some(s), Some(a)) if *s == Scheme::HTTP => {
+            let port = a.port_u16().unwrap_or(80);
+            let host = crate::config::normalize_host(a.host());
+            if !shared.intercepts(&host) && shared.other == crate::config::OtherHosts::Deny {
+                return tunnel::not_intercepted(&host);
+            }
+            let target = match Target::new(Scheme::HTTP, &host, port) {
+                Ok(t) => t,
+                Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
+            };
+            let origin = Arc::new(Origin {
+                target,
+                misdirected_sni: None,
+            });
+            request::handle(shared, origin, req).await
+        }
+        (Some(_), Some(_)) => reply::error(
+            StatusCode::BAD_REQUEST,
+            "absolute-form https:// requests are not proxied; clients must use CONNECT (set HTTPS_PROXY)",
+        ),
+        _ => reply::error(
+            StatusCode::BAD_REQUEST,
+            "this is impersonate-proxy, a forward proxy: send CONNECT host:443 (set HTTPS_PROXY=http://<this address>) or an absolute-form http:// request",
+        ),
+    }
+}

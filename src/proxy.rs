@@ -1,0 +1,182 @@
+//! The running proxy: state shared by every connection, built once at
+//! start-up from the config, and the public `Proxy` handle that binds the
+//! listener and serves until a shutdown signal.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ca::{CaError, CertAuthority};
+use crate::config::{normalize_host, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts};
+use crate::forward::{Upstream, UpstreamSetupError};
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The CA is missing, unreadable or too widely readable.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The upstream client could not be built (e.g. a bad `extra_ca`).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured `[proxy] listen` address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the cause is the configuration (exit code 2) rather than the
+    /// environment.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_))
+    }
+}
+
+/// State every connection and request shares.
+pub(crate) struct Shared {
+    pub intercept: Vec<HostPattern>,
+    pub other: OtherHosts,
+    pub limits: LimitsConfig,
+    pub resolve: BTreeMap<String, SocketAddr>,
+    pub connect_timeout: Duration,
+    pub ca: CertAuthority,
+    pub upstream: Upstream,
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<TokioExecutor>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// Whether CONNECTs to `host` (normalized) are terminated and routed.
+    pub fn intercepts(&self, host: &str) -> bool {
+        host.parse::<std::net::IpAddr>().is_err() && self.intercept.iter().any(|p| p.matches(host))
+    }
+}
+
+/// A bound, ready-to-serve proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listen", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Loads the CA, builds the upstream client and binds the listener.
+    pub async fn bind(cfg: &Config) -> Result<Proxy, StartError> {
+        cfg.validate()?;
+        let ca = CertAuthority::load(&cfg.ca.cert, &cfg.ca.key)?;
+        let upstream = Upstream::new(&cfg.upstream)?;
+        let l = cfg.limits.clone();
+
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(l.header_read_timeout)
+            .max_buf_size(l.max_header_bytes.max(8192))
+            .max_header_size(l.max_header_bytes)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(l.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(64))
+            .max_local_error_reset_streams(Some(256))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+
+        let listener = TcpListener::bind(cfg.proxy.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.proxy.listen,
+                source,
+            })?;
+        let shared = Shared {
+            intercept: cfg.intercept_patterns()?,
+            other: cfg.intercept.other,
+            resolve: cfg
+                .upstream
+                .resolve
+                .iter()
+                .map(|(k, v)| (normalize_host(k), *v))
+                .collect(),
+            connect_timeout: cfg.upstream.connect_timeout,
+            connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
+            limits: l,
+            ca,
+            upstream,
+            h1,
+            h2,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        Ok(Proxy {
+            shared: Arc::new(shared),
+            listener,
+            drain_timeout: cfg.proxy.drain_timeout,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `signal` completes, then stops accepting, asks every
+    /// connection to finish its in-flight requests, and waits for them up
+    /// to `[proxy] drain_timeout`. Returns whether everything drained.
+    pub async fn serve(self, signal: impl Future<Output = ()>) -> bool {
+        let Proxy {
+            shared,
+            listener,
+            drain_timeout,
+        } = self;
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
+        crate::listener::accept_loop(&shared, listener, signal).await;
+        tracing::info!(
+            in_flight = shared.tasks.len(),
+            "shutting down: draining connections"
+        );
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        let drained = tokio::time::timeout(drain_timeout, shared.tasks.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(
+                left = shared.tasks.len(),
+                "drain timeout reached; closing remaining connections"
+            );
+        }
+        drained
+    }
+}

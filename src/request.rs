@@ -1,0 +1,285 @@
+//! One request through the proxy, whether it arrived inside an intercepted
+//! TLS tunnel or as an absolute-form `http://` request: check the
+//! authority, strip hop-by-hop headers, forward, stream the answer back.
+//! There is one such path, so there is one policy.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::config::normalize_host;
+use crate::forward::{stream_body, ProxyBody};
+use crate::proxy::Shared;
+use crate::reply;
+
+/// Where a request is going: fixed by the CONNECT authority (or the
+/// absolute-form URI), never by a header the client can change later.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `https` inside an intercepted tunnel, `http` for absolute-form.
+    pub scheme: Scheme,
+    /// Lowercase, no trailing dot.
+    pub host: String,
+    /// The port the client asked for.
+    pub port: u16,
+    /// `host` or `host:port` (port only when not the scheme's default),
+    /// the authority of the upstream URI.
+    pub authority: Authority,
+}
+
+impl Target {
+    /// Builds a target from a host and port that were already validated.
+    pub fn new(scheme: Scheme, host: &str, port: u16) -> Result<Target, String> {
+        let host = normalize_host(host);
+        let default = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let text = match (port == default, host.contains(':')) {
+            (true, false) => host.clone(),
+            (true, true) => format!("[{host}]"),
+            (false, false) => format!("{host}:{port}"),
+            (false, true) => format!("[{host}]:{port}"),
+        };
+        let authority = text
+            .parse::<Authority>()
+            .map_err(|_| format!("`{host}` is not a valid host"))?;
+        Ok(Target {
+            scheme,
+            host,
+            port,
+            authority,
+        })
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// Whether an authority the client sent (`Host` or `:authority`) names
+    /// this target.
+    fn agrees_with(&self, sent: &str) -> bool {
+        let Ok(a) = sent.parse::<Authority>() else {
+            return false;
+        };
+        let host = a.host().trim_start_matches('[').trim_end_matches(']');
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.eq_ignore_ascii_case(&self.host)
+            && a.port_u16().unwrap_or(self.default_port()) == self.port
+    }
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The target every request on this connection goes to.
+    pub target: Target,
+    /// Set when the TLS SNI named another host than the CONNECT authority:
+    /// every request on the connection is answered 421.
+    pub misdirected_sni: Option<String>,
+}
+
+/// Serves one request: the whole Parsed → Forwarded path.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    origin: Arc<Origin>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let is_grpc = is_grpc(req.headers());
+    let target = &origin.target;
+    if let Some(sni) = &origin.misdirected_sni {
+        return reply::error_for(
+            is_grpc,
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "TLS server name `{sni}` does not match the CONNECT authority `{}`; a connection serves only the host it was opened for",
+                target.authority
+            ),
+        );
+    }
+    let sent = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    match sent {
+        Some(sent) if target.agrees_with(sent) => {}
+        Some(sent) => {
+            return reply::error_for(
+                is_grpc,
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "request names host `{sent}` but this connection is for `{}`; send requests for another host through their own CONNECT",
+                    target.authority
+                ),
+            );
+        }
+        None if req.version() == Version::HTTP_10 => {}
+        None => {
+            return reply::error_for(
+                is_grpc,
+                StatusCode::BAD_REQUEST,
+                "request has no Host header",
+            );
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return reply::error_for(
+            is_grpc,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT inside an intercepted connection is not supported",
+        );
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return reply::error_for(is_grpc, StatusCode::BAD_REQUEST, "invalid request target");
+    };
+    parts.uri = uri;
+    // The upstream protocol is chosen by ALPN on the upstream connection;
+    // hyper's client refuses an HTTP/2-versioned request on HTTP/1.1.
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(host) = parts.headers.get_mut(header::HOST) {
+        // Normalized to the authority we connect to (case, trailing dot).
+        if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+            *host = v;
+        }
+    }
+
+    let req = Request::from_parts(parts, stream_body(body));
+    match shared.upstream.send(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, stream_body(body))
+        }
+        Err(e) => {
+            let code = if e.is_timeout() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            tracing::warn!(host = %target.host, error = %e, "upstream request failed");
+            reply::error_for(
+                is_grpc,
+                code,
+                &format!("upstream {}: {e}", target.authority),
+            )
+        }
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110
+/// §7.6.1), every `Proxy-*` header, and any header the `Connection`
+/// header names. `TE: trailers` is kept: gRPC needs it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP: [HeaderName; 6] = [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    for value in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        if let Ok(s) = value.to_str() {
+            for name in s.split(',') {
+                let name = name.trim();
+                if !name.eq_ignore_ascii_case("te") && !name.is_empty() {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in HOP {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-goog-api-client", HeaderValue::from_static("gl-rust"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(names, ["te", "x-goog-api-client"]);
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn authority_agreement_ignores_case_trailing_dot_and_default_port() {
+        let t = Target::new(Scheme::HTTPS, "Storage.googleapis.com.", 443).unwrap();
+        assert_eq!(t.authority.as_str(), "storage.googleapis.com");
+        assert!(t.agrees_with("storage.googleapis.com"));
+        assert!(t.agrees_with("STORAGE.googleapis.com.:443"));
+        assert!(!t.agrees_with("storage.googleapis.com:8443"));
+        assert!(!t.agrees_with("evil.example"));
+        let t = Target::new(Scheme::HTTPS, "a.googleapis.com", 8443).unwrap();
+        assert_eq!(t.authority.as_str(), "a.googleapis.com:8443");
+        assert!(!t.agrees_with("a.googleapis.com"));
+    }
+}

@@ -1,0 +1,322 @@
+//! The intercepting proxy end to end: real TCP, real TLS, HTTP/1.1 and
+//! HTTP/2, against a local upstream reached through `[upstream.resolve]`.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use impersonate_proxy::forward::BoxError;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HOST: &str = "storage.googleapis.com";
+
+#[tokio::test]
+async fn http1_get_and_post_reach_the_upstream_without_hop_by_hop_headers() {
+    let w = world("h1", "").await;
+    let mut c = client(&w.proxy, HOST, false).await;
+    let mut req = for_version(get(HOST, "/echo?alt=json"), false);
+    req.headers_mut()
+        .insert("proxy-authorization", "Basic dTpw".parse().unwrap());
+    req.headers_mut()
+        .insert("connection", "x-hop".parse().unwrap());
+    req.headers_mut().insert("x-hop", "1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-goog-api-client", "gl-test".parse().unwrap());
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let v = json(&body_string(resp).await);
+    assert_eq!(v["path"], "/echo?alt=json");
+    let headers = v["headers"].as_object().unwrap();
+    assert_eq!(headers["host"], HOST);
+    assert_eq!(headers["x-goog-api-client"], "gl-test");
+    assert!(!headers.contains_key("proxy-authorization"), "{headers:?}");
+    assert!(!headers.contains_key("x-hop"), "{headers:?}");
+
+    let body = vec![7u8; 100_000];
+    let req = Request::post("/count")
+        .header("host", HOST)
+        .body(full(body))
+        .unwrap();
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_string(resp).await, "100000");
+    assert!(w.proxy.stop().await, "idle connections drain on shutdown");
+}
+
+#[tokio::test]
+async fn http2_get_reaches_the_upstream_and_grpc_trailers_come_back() {
+    let w = world("h2", "").await;
+    let mut c = client(&w.proxy, HOST, true).await;
+    let resp = c.send(for_version(get(HOST, "/echo"), true)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let v = json(&body_string(resp).await);
+    assert_eq!(v["authority"], HOST);
+
+    let mut req = for_version(get(HOST, "/grpc"), true);
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-trailer"], "yes");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+}
+
+#[tokio::test]
+async fn te_trailers_reaches_the_upstream_over_http2() {
+    let w = world("te", "").await;
+    let mut c = client(&w.proxy, HOST, true).await;
+    let mut req = for_version(get(HOST, "/echo"), true);
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let v = json(&body_string(c.send(req).await).await);
+    assert_eq!(v["version"], "HTTP/2.0", "upstream negotiated h2 by ALPN");
+    assert_eq!(v["headers"]["te"], "trailers");
+}
+
+const BIG: usize = 100 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_100_mb_upload_and_download_stream_through() {
+    let w = world("big", "").await;
+    for h2 in [false, true] {
+        let mut c = client(&w.proxy, HOST, h2).await;
+        let chunk = Bytes::from(vec![1u8; 256 * 1024]);
+        let frames =
+            (0..BIG / chunk.len()).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+        let body = StreamBody::new(futures_lite_iter(frames)).boxed();
+        let req = for_version(
+            Request::post(format!("https://{HOST}/count"))
+                .header("host", HOST)
+                .body(body)
+                .unwrap(),
+            h2,
+        );
+        let resp = c.send(req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body_string(resp).await, BIG.to_string(), "upload h2={h2}");
+
+        let resp = c
+            .send(for_version(get(HOST, &format!("/bytes/{BIG}")), h2))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut n = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(d) = frame.unwrap().into_data() {
+                n += d.len();
+            }
+        }
+        assert_eq!(n, BIG, "download h2={h2}");
+    }
+}
+
+#[tokio::test]
+async fn connect_to_a_host_that_is_not_intercepted_is_denied_with_json() {
+    let w = world("deny", "").await;
+    let (mut s, head) = raw_connect(w.proxy.addr, "example.com:443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    let v = json(std::str::from_utf8(&body).unwrap());
+    assert_eq!(v["error"]["code"], 403);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("example.com"));
+}
+
+#[tokio::test]
+async fn spliced_tunnel_carries_bytes_both_ways() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let (cfg, dir) = config_with_ca(
+        "splice",
+        &format!("[intercept]\nother = \"tunnel\"\n[upstream.resolve]\n\"echo.example.test\" = \"{echo_addr}\"\n"),
+    );
+    let proxy = start_proxy(cfg, dir).await;
+    let (mut s, head) = raw_connect(proxy.addr, "echo.example.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"not TLS, not inspected").await.unwrap();
+    let mut buf = [0u8; 22];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"not TLS, not inspected");
+}
+
+#[tokio::test]
+async fn sni_that_differs_from_the_connect_authority_gets_421() {
+    let w = world("sni", "").await;
+    let tls = tls_through(
+        &w.proxy,
+        "storage.googleapis.com:443",
+        "other.googleapis.com",
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let mut c = handshake(tls, false).await;
+    let resp = c
+        .send(for_version(get("other.googleapis.com", "/echo"), false))
+        .await;
+    assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+    let v = json(&body_string(resp).await);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("other.googleapis.com"));
+    assert_eq!(
+        w.seen.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn host_or_authority_that_differs_from_the_connect_authority_gets_421() {
+    let w = world("host", "").await;
+    for h2 in [false, true] {
+        let mut c = client(&w.proxy, HOST, h2).await;
+        let resp = c
+            .send(for_version(get("other.googleapis.com", "/echo"), h2))
+            .await;
+        assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST, "h2={h2}");
+    }
+    assert_eq!(
+        w.seen.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_in_googles_json_shape() {
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let (cfg, dir) = config_with_ca(
+        "down",
+        &format!("[upstream.resolve]\n\"down.googleapis.com\" = \"{dead_addr}\"\n"),
+    );
+    let proxy = start_proxy(cfg, dir).await;
+    let mut c = client(&proxy, "down.googleapis.com", false).await;
+    let resp = c
+        .send(for_version(get("down.googleapis.com", "/x"), false))
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let v = json(&body_string(resp).await);
+    assert_eq!(v["error"]["status"], "UNAVAILABLE");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("down.googleapis.com"), "{msg}");
+}
+
+#[tokio::test]
+async fn absolute_form_http_requests_take_the_same_path() {
+    let (plain, _) = start_upstream(None).await;
+    let (cfg, dir) = config_with_ca(
+        "absolute",
+        &format!("[upstream.resolve]\n\"plain.googleapis.com\" = \"{plain}\"\n"),
+    );
+    let proxy = start_proxy(cfg, dir).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET http://plain.googleapis.com/echo HTTP/1.1\r\nHost: plain.googleapis.com\r\nProxy-Connection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+/// Each row: raw bytes sent to the proxy port, and the status expected
+/// (`None`: the proxy may answer 4xx or just close).
+#[tokio::test]
+async fn bad_input_gets_4xx_or_close_and_the_proxy_keeps_serving() {
+    let w = world("bad", "").await;
+    let big_header = format!(
+        "GET http://storage.googleapis.com/ HTTP/1.1\r\nHost: storage.googleapis.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let rows: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+        (
+            "garbage request line",
+            b"\x16\x03\x01garbage\r\n\r\n".to_vec(),
+            None,
+        ),
+        (
+            "CONNECT without port",
+            b"CONNECT storage.googleapis.com HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        (
+            "CONNECT port 0",
+            b"CONNECT storage.googleapis.com:0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        (
+            "CONNECT with userinfo",
+            b"CONNECT u:p@storage.googleapis.com:443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            None,
+        ),
+        (
+            "origin-form request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        ("oversized headers", big_header.into_bytes(), Some(431)),
+        (
+            "header without colon",
+            b"GET http://storage.googleapis.com/ HTTP/1.1\r\nHost storage\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+    ];
+    for (name, bytes, want) in rows {
+        let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let head = tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut s))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no answer and no close"));
+        match want {
+            Some(code) => assert!(
+                head.starts_with(&format!("HTTP/1.1 {code}")),
+                "{name}: {head}"
+            ),
+            None => assert!(
+                head.is_empty() || head.starts_with("HTTP/1.1 4"),
+                "{name}: {head}"
+            ),
+        }
+        let mut c = client(&w.proxy, HOST, false).await;
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200, "after {name}");
+    }
+}
