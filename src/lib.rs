@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod config;
 pub mod forward;
+mod idle;
 mod listener;
 pub mod proxy;
 pub mod reply;

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::forward::ProxyBody;
+use crate::idle::{track, Activity};
 use crate::proxy::Shared;
 use crate::request::{self, Origin, Target};
 use crate::{reply, tunnel};
@@ -66,10 +67,13 @@ async fn serve_client(
 ) {
     let _ = stream.set_nodelay(true);
     let svc_shared = shared.clone();
+    let activity = Activity::new();
+    let svc_activity = activity.clone();
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, req).await) }
+        let guard = svc_activity.begin();
+        async move { Ok::<_, Infallible>(track(dispatch(shared, peer, permit, req).await, guard)) }
     });
     let conn = shared
         .h1
@@ -79,6 +83,10 @@ async fn serve_client(
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = activity.idle_for(shared.limits.idle_timeout) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
@@ -17,6 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::{normalize_host, OtherHosts};
 use crate::forward::{full_body, ProxyBody};
+use crate::idle::{track, ActiveIo, Activity};
 use crate::listener::ConnPermit;
 use crate::proxy::Shared;
 use crate::reply;
@@ -62,10 +64,11 @@ pub(crate) async fn connect(
             )
         }
     };
+    let idle = shared.limits.idle_timeout;
     shared.tasks.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(up) => splice(up, upstream).await,
+            Ok(up) => splice(up, upstream, idle).await,
             Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -150,11 +153,15 @@ async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
         misdirected_sni,
     });
     let svc_shared = shared.clone();
+    let activity = Activity::new();
+    let svc_activity = activity.clone();
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();
         let origin = origin.clone();
-        async move { Ok::<_, Infallible>(request::handle(shared, origin, req).await) }
+        let guard = svc_activity.begin();
+        async move { Ok::<_, Infallible>(track(request::handle(shared, origin, req).await, guard)) }
     });
+    let idle = shared.limits.idle_timeout;
     let io = TokioIo::new(tls);
     let result = if is_h2 {
         let conn = shared.h2.serve_connection(io, svc);
@@ -165,6 +172,10 @@ async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            _ = activity.idle_for(idle) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     } else {
         let conn = shared.h1.serve_connection(io, svc);
@@ -172,6 +183,10 @@ async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            _ = activity.idle_for(idle) => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -200,10 +215,16 @@ async fn dial(shared: &Shared, host: &str, port: u16) -> std::io::Result<TcpStre
     }
 }
 
-async fn splice(upgraded: Upgraded, mut upstream: TcpStream) {
+async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
     let _ = upstream.set_nodelay(true);
-    let mut client = TokioIo::new(upgraded);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "tunnel ended with an error");
+    let activity = Activity::new();
+    let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+            }
+        }
+        _ = activity.idle_for(idle) => tracing::debug!("tunnel closed after idle timeout"),
     }
 }

@@ -320,3 +320,43 @@ async fn bad_input_gets_4xx_or_close_and_the_proxy_keeps_serving() {
         assert_eq!(resp.status(), 200, "after {name}");
     }
 }
+
+async fn count_body(resp: hyper::Response<hyper::body::Incoming>) -> usize {
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            n += d.len();
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn idle_connections_close_but_a_long_response_is_not_cut() {
+    let w = world("idle", "[limits]\nidle_timeout = \"1s\"\n").await;
+    for h2 in [false, true] {
+        let mut c = client(&w.proxy, HOST, h2).await;
+        // 3 s of streaming with a 1 s idle timeout: in flight, so not idle.
+        let resp = c.send(for_version(get(HOST, "/slow/30"), h2)).await;
+        assert_eq!(count_body(resp).await, 30 * 1024, "h2={h2}");
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let again = c.try_send(for_version(get(HOST, "/echo"), h2)).await;
+        assert!(
+            again.is_err(),
+            "h2={h2}: connection idle for 2.5 s should be closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_streaming_response_finish() {
+    let w = world("drain", "").await;
+    let mut c = client(&w.proxy, HOST, true).await;
+    let resp = c.send(for_version(get(HOST, "/slow/20"), true)).await;
+    let reader = tokio::spawn(count_body(resp));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let drained = w.proxy.stop().await;
+    assert_eq!(reader.await.unwrap(), 20 * 1024);
+    assert!(drained);
+}

@@ -165,6 +165,24 @@ async fn upstream_route(req: Request<Incoming>) -> Response<ProxyBody> {
         let body = StreamBody::new(futures_lite_iter(chunks));
         return Response::new(body.boxed());
     }
+    if let Some(n) = path.strip_prefix("/slow/") {
+        // N chunks of 1 KiB, 100 ms apart: a response that stays in flight.
+        let n: usize = n.parse().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b's'; 1024]))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        return Response::new(StreamBody::new(ReceiverStream(rx)).boxed());
+    }
     if path == "/echo-body" {
         let body = req.into_body().map_err(BoxError::from).boxed();
         return Response::new(body);
@@ -202,6 +220,19 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<I::Item>> {
         std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// An mpsc receiver as a `Stream`.
+pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -312,6 +343,13 @@ pub enum Sender {
 }
 
 impl Sender {
+    pub async fn try_send(&mut self, req: Request<ProxyBody>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+
     pub async fn send(&mut self, req: Request<ProxyBody>) -> Response<Incoming> {
         match self {
             Sender::H1(s) => s.send_request(req).await.unwrap(),
