@@ -1,0 +1,603 @@
+//! End-to-end bench: the release binary as a child process, a local TLS
+//! upstream and a load client in this process. Every leg runs "direct"
+//! (client → upstream) and "proxy" (client → CONNECT → proxy → upstream)
+//! side by side in rounds; the table quotes medians and the ratios.
+//!
+//! `cargo bench --bench e2e` (add `-- --quick` for a shorter run).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+const SMALL: &[u8; 64] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+// ---------------------------------------------------------------- upstream
+
+fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names = vec![
+        "bench.googleapis.com".to_string(),
+        "*.bench.googleapis.com".to_string(),
+    ];
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_pem = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(impersonate_proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (ca_pem, Arc::new(cfg))
+}
+
+async fn upstream_route(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == "/1m" {
+        static MB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+        let b = MB.get_or_init(|| Bytes::from(vec![b'm'; 1 << 20])).clone();
+        return Response::new(Full::new(b).boxed());
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
+        let chunks =
+            (0..n / chunk.len()).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+        return Response::new(StreamBody::new(IterStream(chunks)).boxed());
+    }
+    if path == "/count" {
+        let mut body = req.into_body();
+        let mut n = 0usize;
+        while let Some(Ok(f)) = body.frame().await {
+            if let Ok(d) = f.into_data() {
+                n += d.len();
+            }
+        }
+        return Response::new(Full::new(Bytes::from(n.to_string())).boxed());
+    }
+    Response::new(Full::new(Bytes::from_static(SMALL)).boxed())
+}
+
+struct IterStream<I>(I);
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// The upstream runs on its own runtime whose threads are named, so its
+/// CPU time can be read from /proc apart from the load client's.
+fn start_upstream(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("upstream")
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let _ = s.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    b.http2().max_concurrent_streams(1000);
+                    let svc =
+                        service_fn(|r| async move { Ok::<_, Infallible>(upstream_route(r).await) });
+                    let _ = b.serve_connection(TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// utime + stime of the threads of this process whose name starts with
+/// `prefix`, in clock ticks.
+fn thread_cpu(prefix: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            total += stat_cpu(&e.path().join("stat"));
+        }
+    }
+    total
+}
+
+fn stat_cpu(path: &Path) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ proxy
+
+struct ProxyChild {
+    child: Child,
+    addr: SocketAddr,
+    ca_pem: PathBuf,
+}
+
+impl Drop for ProxyChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(dir: &Path, upstream: SocketAddr, upstream_ca: &Path, hosts: usize) -> ProxyChild {
+    let certs = dir.join("certs");
+    if !certs.join("ca.pem").exists() {
+        impersonate_proxy::ca::init(&certs, false).unwrap();
+    }
+    let mut resolve = format!("\"bench.googleapis.com\" = \"{upstream}\"\n");
+    for i in 0..hosts {
+        resolve.push_str(&format!(
+            "\"h{i:04}.bench.googleapis.com\" = \"{upstream}\"\n"
+        ));
+    }
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[upstream]\nextra_ca = [\"{}\"]\n[upstream.resolve]\n{resolve}",
+        upstream_ca.display()
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("proxy printed its address").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.trim().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    ProxyChild {
+        child,
+        addr,
+        ca_pem: certs.join("ca.pem"),
+    }
+}
+
+// ----------------------------------------------------------------- client
+
+#[derive(Clone)]
+struct Ends {
+    upstream: SocketAddr,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    proxy: SocketAddr,
+    proxy_tls: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Direct,
+    Proxy,
+}
+
+fn client_tls(ca: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let roots = impersonate_proxy::tls::root_store(&[ca]).unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(impersonate_proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![alpn.to_vec()];
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
+async fn open(
+    ends: &Ends,
+    via: Via,
+    host: &str,
+    h2: bool,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let (stream, cfg) = match via {
+        Via::Direct => (
+            TcpStream::connect(ends.upstream).await.unwrap(),
+            &ends.upstream_tls,
+        ),
+        Via::Proxy => {
+            let mut s = TcpStream::connect(ends.proxy).await.unwrap();
+            s.write_all(
+                format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            (s, &ends.proxy_tls)
+        }
+    };
+    stream.set_nodelay(true).unwrap();
+    let mut cfg = (**cfg).clone();
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, stream)
+        .await
+        .unwrap()
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn sender(ends: &Ends, via: Via, h2: bool) -> Sender {
+    let io = TokioIo::new(open(ends, via, "bench.googleapis.com", h2).await);
+    if h2 {
+        let (s, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake(io)
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        Sender::H2(s)
+    } else {
+        let (s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        Sender::H1(s)
+    }
+}
+
+fn req(path: &str, h2: bool) -> Request<Empty<Bytes>> {
+    let b = if h2 {
+        Request::get(format!("https://bench.googleapis.com{path}"))
+    } else {
+        Request::get(path).header("host", "bench.googleapis.com")
+    };
+    b.body(Empty::new()).unwrap()
+}
+
+async fn drain(resp: Response<Incoming>) -> usize {
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(Ok(f)) = body.frame().await {
+        if let Ok(d) = f.into_data() {
+            n += d.len();
+        }
+    }
+    n
+}
+
+struct Sample {
+    rps: f64,
+    mbps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `conns` connections × `streams` concurrent requests each, for `dur`.
+async fn keepalive(
+    ends: &Ends,
+    via: Via,
+    h2: bool,
+    conns: usize,
+    streams: usize,
+    path: &'static str,
+    dur: Duration,
+) -> Sample {
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let deadline = start + dur;
+    for _ in 0..conns {
+        let s = sender(ends, via, h2).await;
+        match s {
+            Sender::H1(mut s) => tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut bytes = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.ready().await.unwrap();
+                    bytes += drain(s.send_request(req(path, false)).await.unwrap()).await;
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                (lat, bytes)
+            })),
+            Sender::H2(s) => {
+                for _ in 0..streams {
+                    let mut s = s.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        let mut bytes = 0;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            bytes += drain(s.send_request(req(path, true)).await.unwrap()).await;
+                            lat.push(t.elapsed().as_micros() as u32);
+                        }
+                        (lat, bytes)
+                    }));
+                }
+            }
+        }
+    }
+    let mut lat = Vec::new();
+    let mut bytes = 0;
+    for t in tasks {
+        let (l, b) = t.await.unwrap();
+        lat.extend(l);
+        bytes += b;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    Sample {
+        rps: lat.len() as f64 / secs,
+        mbps: bytes as f64 / secs / 1e6,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
+}
+
+/// CONNECT + TLS handshake only, `n` times, `par` at once; host names from
+/// `host(i)`. Returns handshakes/s and p50 µs.
+async fn handshakes(
+    ends: &Ends,
+    n: usize,
+    par: usize,
+    host: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (f64, f64) {
+    let host = Arc::new(host);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..par {
+        let ends = ends.clone();
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while i < n {
+                let t = Instant::now();
+                let tls = open(&ends, Via::Proxy, &host(i), false).await;
+                lat.push(t.elapsed().as_micros() as u32);
+                drop(tls);
+                i += par;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    (n as f64 / secs, lat[lat.len() / 2] as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn transfer(ends: &Ends, upload: bool, bytes: usize) -> f64 {
+    let tls = open(ends, Via::Proxy, "bench.googleapis.com", false).await;
+    let (mut s, c) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::combinators::BoxBody<Bytes, Infallible>,
+    >(TokioIo::new(tls))
+    .await
+    .unwrap();
+    tokio::spawn(c);
+    let t = Instant::now();
+    if upload {
+        let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+        let frames =
+            (0..bytes / chunk.len()).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+        let r = Request::post("/count")
+            .header("host", "bench.googleapis.com")
+            .body(StreamBody::new(IterStream(frames)).boxed())
+            .unwrap();
+        let resp = s.send_request(r).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, bytes.to_string().as_bytes());
+    } else {
+        let r = Request::get(format!("/bytes/{bytes}"))
+            .header("host", "bench.googleapis.com")
+            .body(Empty::new().boxed())
+            .unwrap();
+        assert_eq!(drain(s.send_request(r).await.unwrap()).await, bytes);
+    }
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, dur) = if quick {
+        (3, Duration::from_millis(1000))
+    } else {
+        (5, Duration::from_millis(2000))
+    };
+    let dir = std::env::temp_dir().join(format!("ip-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (upstream_ca, server_tls) = tls_material(&dir);
+    let upstream = start_upstream(server_tls);
+    let hosts = 2000;
+    let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts);
+    let ends = Ends {
+        upstream,
+        upstream_tls: client_tls(&upstream_ca, b"h2"),
+        proxy: proxy.addr,
+        proxy_tls: client_tls(&proxy.ca_pem, b"h2"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
+    let proxy_stat = PathBuf::from(format!("/proc/{}/stat", proxy.child.id()));
+
+    println!(
+        "impersonate-proxy e2e bench — {} rounds × {:?} per leg, medians; machine: {} cores",
+        rounds,
+        dur,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "leg", "direct/s", "proxy/s", "d p50µs", "p p50µs", "d p99µs", "p p99µs", "rps ×", "p50 ×"
+    );
+    let legs: [(&str, bool, usize, usize, &'static str); 6] = [
+        ("h1 keep-alive c=1", false, 1, 1, "/64"),
+        ("h1 keep-alive c=16", false, 16, 1, "/64"),
+        ("h1 keep-alive c=64", false, 64, 1, "/64"),
+        ("h2 4 conns × 16 streams", true, 4, 16, "/64"),
+        ("h1 1 MB responses c=4", false, 4, 1, "/1m"),
+        ("h2 1 MB responses 1×4", true, 1, 4, "/1m"),
+    ];
+    let mut cpu_ratio = None;
+    rt.block_on(async {
+        for (name, h2, conns, streams, path) in legs {
+            let (mut d, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let up0 = thread_cpu("upstream");
+                d.push(keepalive(&ends, Via::Direct, h2, conns, streams, path, dur).await);
+                let up1 = thread_cpu("upstream");
+                let px0 = stat_cpu(&proxy_stat);
+                let s = keepalive(&ends, Via::Proxy, h2, conns, streams, path, dur).await;
+                let px1 = stat_cpu(&proxy_stat);
+                let up2 = thread_cpu("upstream");
+                if name == "h1 keep-alive c=16" {
+                    // CPU per request, proxy vs upstream, on the same requests.
+                    let proxy_cpu = (px1 - px0) as f64;
+                    let up_cpu = (up2 - up1).max(1) as f64;
+                    let _ = up0;
+                    cpu_ratio.get_or_insert_with(Vec::new).push(proxy_cpu / up_cpu);
+                }
+                p.push(s);
+            }
+            let big = path == "/1m";
+            let dm = median(d.iter().map(|s| if big { s.mbps } else { s.rps }).collect());
+            let pm = median(p.iter().map(|s| if big { s.mbps } else { s.rps }).collect());
+            let d50 = median(d.iter().map(|s| s.p50_us).collect());
+            let p50 = median(p.iter().map(|s| s.p50_us).collect());
+            let d99 = median(d.iter().map(|s| s.p99_us).collect());
+            let p99 = median(p.iter().map(|s| s.p99_us).collect());
+            let unit = if big { " MB/s" } else { "" };
+            println!(
+                "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2}",
+                name,
+                format!("{dm:.0}{unit}"),
+                format!("{pm:.0}{unit}"),
+                d50, p50, d99, p99,
+                pm / dm,
+                p50 / d50
+            );
+        }
+        if let Some(r) = cpu_ratio.take() {
+            println!("proxy CPU per request / upstream CPU per request (h1 c=16): {:.2}×", median(r));
+        }
+
+        // Handshakes: cached leaf vs first-time mint.
+        let _ = handshakes(&ends, 50, 1, |_| "bench.googleapis.com".to_string()).await;
+        let n = if quick { 500 } else { hosts };
+        let (cached_rate, cached_p50) = handshakes(&ends, n, 1, |_| "bench.googleapis.com".to_string()).await;
+        let (mint_rate, mint_p50) = handshakes(&ends, n, 1, |i| format!("h{i:04}.bench.googleapis.com")).await;
+        println!("handshake (CONNECT+TLS) c=1: cached {cached_rate:.0}/s p50 {cached_p50:.0}µs; first mint ({n} hosts) {mint_rate:.0}/s p50 {mint_p50:.0}µs; p50 × {:.2}", mint_p50 / cached_p50);
+        let (c16, c16p) = handshakes(&ends, 320, 16, |_| "bench.googleapis.com".to_string()).await;
+        let (m16, m16p) = handshakes(&ends, 320, 16, move |i| format!("h{:04}.bench.googleapis.com", hosts - 1 - i)).await;
+        println!("handshake c=16: cached {c16:.0}/s p50 {c16p:.0}µs; 16 concurrent first mints {m16:.0}/s p50 {m16p:.0}µs; rate × {:.2}", m16 / c16);
+    });
+    drop(proxy);
+
+    // Memory: a fresh proxy per transfer so VmHWM is that transfer's peak.
+    let gib = if quick { 256 << 20 } else { 1 << 30 };
+    for upload in [true, false] {
+        let proxy = start_proxy(&dir, upstream, &upstream_ca, 0);
+        let ends = Ends {
+            proxy: proxy.addr,
+            proxy_tls: client_tls(&proxy.ca_pem, b"http/1.1"),
+            ..ends.clone()
+        };
+        let base = vm_hwm_kib(proxy.child.id());
+        let mbps = rt.block_on(transfer(&ends, upload, gib));
+        let peak = vm_hwm_kib(proxy.child.id());
+        println!(
+            "{} {} MiB through the proxy: {mbps:.0} MB/s; proxy VmHWM {:.1} MiB (at start {:.1} MiB)",
+            if upload { "upload" } else { "download" },
+            gib >> 20,
+            peak as f64 / 1024.0,
+            base as f64 / 1024.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
