@@ -4,4 +4,6 @@
 
 pub mod config;
 pub mod forward;
+pub mod google;
 pub mod tls;
+pub mod tokens;
