@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod emulator;
 pub mod forward;
 pub mod google;
 pub mod tls;

@@ -229,6 +229,7 @@ async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut current: Option<Ready> = None;
     let mut last_error: Option<Arc<CredentialError>> = None;
+    let mut ever_minted = false;
     let expire = |last_error: &Option<Arc<CredentialError>>| {
         shared.store(State::Expired(Arc::new(CredentialError::Expired {
             target: target.clone(),
@@ -257,6 +258,7 @@ async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
                 tracing::info!(target_principal = %target, token = %ready.token, "token minted");
                 shared.store(State::Fresh(ready.clone()));
                 current = Some(ready.clone());
+                ever_minted = true;
                 last_error = None;
                 backoff.reset();
                 sleep(delay).await;
@@ -283,10 +285,13 @@ async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
                             expire(&last_error);
                         }
                     }
+                    // Once a token has been served, its absence is reported
+                    // as an expiry (with the cause), not as a bare failure.
                     Some(_) => {
                         current = None;
                         expire(&last_error);
                     }
+                    None if ever_minted => expire(&last_error),
                     None => shared.store(State::Expired(e)),
                 }
                 sleep_until(retry_at).await;
