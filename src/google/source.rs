@@ -4,21 +4,27 @@
 //! `cloud-platform` token.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{header, Request};
 use serde::Deserialize;
-use tokio::time::Instant;
+
+mod adc;
+mod cache;
+mod file;
 
 use super::jwt::SigningKey;
 use super::{
-    bad_uri, google_error_message, iam, principal_email, Answer, CredentialError, Http, Token,
-    TokenRequest, CLOUD_PLATFORM, DEFAULT_LIFETIME,
+    bad_uri, google_error_message, iam, Answer, CredentialError, Http, Token, TokenRequest,
+    CLOUD_PLATFORM, DEFAULT_LIFETIME,
 };
 use crate::config::{SourceConfig, SourceKind};
 use crate::forward::full_body;
+
+pub use adc::AdcEnv;
+pub(crate) use cache::{refresh_margin, SourceCache};
 
 /// Google's OAuth token endpoint, used when a credentials file names none.
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -31,50 +37,6 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// A static token file is re-read this often, so a token rotated on disk
 /// by another tool is picked up.
 const ACCESS_TOKEN_FILE_TTL: Duration = Duration::from_secs(300);
-
-/// The environment ADC discovery looks at, captured once by the caller
-/// (tests build one by hand instead of changing the process environment).
-#[derive(Debug, Clone, Default)]
-pub struct AdcEnv {
-    /// `GOOGLE_APPLICATION_CREDENTIALS`.
-    pub google_application_credentials: Option<PathBuf>,
-    /// `CLOUDSDK_CONFIG`: gcloud's configuration directory.
-    pub cloudsdk_config: Option<PathBuf>,
-    /// The home directory (`HOME`).
-    pub home: Option<PathBuf>,
-    /// `GCE_METADATA_HOST`: `host[:port]` of the metadata server.
-    pub gce_metadata_host: Option<String>,
-}
-
-impl AdcEnv {
-    /// Reads the variables from the process environment.
-    pub fn from_process() -> AdcEnv {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        AdcEnv {
-            google_application_credentials: var("GOOGLE_APPLICATION_CREDENTIALS")
-                .map(PathBuf::from),
-            cloudsdk_config: var("CLOUDSDK_CONFIG").map(PathBuf::from),
-            home: var("HOME").map(PathBuf::from),
-            gce_metadata_host: var("GCE_METADATA_HOST").and_then(|v| v.into_string().ok()),
-        }
-    }
-
-    fn metadata_host(&self) -> String {
-        self.gce_metadata_host
-            .clone()
-            .unwrap_or_else(|| DEFAULT_METADATA_HOST.to_owned())
-    }
-
-    /// gcloud's `application_default_credentials.json`.
-    fn gcloud_adc_file(&self) -> Option<PathBuf> {
-        let dir = match (&self.cloudsdk_config, &self.home) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(home)) => home.join(".config").join("gcloud"),
-            (None, None) => return None,
-        };
-        Some(dir.join("application_default_credentials.json"))
-    }
-}
 
 /// A service account key file.
 pub struct ServiceAccountKey {
@@ -135,23 +97,6 @@ pub enum SourceCredential {
     },
 }
 
-#[derive(Deserialize)]
-struct CredentialsFile {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    client_email: Option<String>,
-    private_key: Option<String>,
-    private_key_id: Option<String>,
-    token_uri: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    refresh_token: Option<String>,
-    service_account_impersonation_url: Option<String>,
-    #[serde(default)]
-    delegates: Vec<String>,
-    source_credentials: Option<serde_json::Value>,
-}
-
 impl SourceCredential {
     /// The source credential `[source]` describes; `adc` discovers it from
     /// `env`.
@@ -179,134 +124,6 @@ impl SourceCredential {
                 path: need_file(&cfg.token_file, "token_file")?,
             }),
             SourceKind::Adc => Self::discover(env),
-        }
-    }
-
-    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`,
-    /// then gcloud's ADC file, then the metadata server.
-    pub fn discover(env: &AdcEnv) -> Result<SourceCredential, CredentialError> {
-        if let Some(path) = &env.google_application_credentials {
-            // Set but unreadable is an error, as in Google's libraries: the
-            // user asked for this file.
-            return Self::from_file(path);
-        }
-        if let Some(path) = env.gcloud_adc_file() {
-            if path.is_file() {
-                return Self::from_file(&path);
-            }
-        }
-        if env.gce_metadata_host.is_some() || env.home.is_none() || on_gce() {
-            return Ok(SourceCredential::Metadata {
-                host: env.metadata_host(),
-            });
-        }
-        Err(CredentialError::NoCredentials {
-            tried: format!(
-                "GOOGLE_APPLICATION_CREDENTIALS (unset), {} (missing), GCE_METADATA_HOST (unset, not on GCE)",
-                env.gcloud_adc_file()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "gcloud ADC file".to_owned())
-            ),
-        })
-    }
-
-    /// Reads a credentials JSON file of any supported `type`.
-    pub fn from_file(path: &Path) -> Result<SourceCredential, CredentialError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CredentialError::File {
-            path: path.to_owned(),
-            message: format!("cannot read credentials file: {e}"),
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| CredentialError::File {
-                path: path.to_owned(),
-                message: format!("not a JSON credentials file: {e}"),
-            })?;
-        Self::from_json(path, value)
-    }
-
-    fn from_file_expecting(path: &Path, kind: &str) -> Result<SourceCredential, CredentialError> {
-        let cred = Self::from_file(path)?;
-        let actual = cred.kind_name();
-        if actual == kind {
-            Ok(cred)
-        } else {
-            Err(CredentialError::File {
-                path: path.to_owned(),
-                message: format!("is a `{actual}` file but [source] type = \"{kind}\""),
-            })
-        }
-    }
-
-    fn from_json(
-        path: &Path,
-        value: serde_json::Value,
-    ) -> Result<SourceCredential, CredentialError> {
-        let err = |message: String| CredentialError::File {
-            path: path.to_owned(),
-            message,
-        };
-        let f: CredentialsFile = serde_json::from_value(value)
-            .map_err(|e| err(format!("unexpected field type: {e}")))?;
-        let missing = |field: &str, kind: &str| {
-            err(format!("`{field}` is missing; a `{kind}` file needs it"))
-        };
-        match f.kind.as_deref() {
-            Some("service_account") => {
-                let client_email = f
-                    .client_email
-                    .ok_or_else(|| missing("client_email", "service_account"))?;
-                let pem = f
-                    .private_key
-                    .ok_or_else(|| missing("private_key", "service_account"))?;
-                let key_id = f.private_key_id.unwrap_or_default();
-                let key = SigningKey::from_pem(&pem, &key_id).map_err(err)?;
-                Ok(SourceCredential::ServiceAccount(ServiceAccountKey {
-                    client_email,
-                    token_uri: f.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
-                    key,
-                }))
-            }
-            Some("authorized_user") => Ok(SourceCredential::AuthorizedUser(AuthorizedUser {
-                path: path.to_owned(),
-                client_id: f.client_id.ok_or_else(|| missing("client_id", "authorized_user"))?,
-                client_secret: f
-                    .client_secret
-                    .ok_or_else(|| missing("client_secret", "authorized_user"))?,
-                refresh_token: Mutex::new(
-                    f.refresh_token
-                        .ok_or_else(|| missing("refresh_token", "authorized_user"))?
-                        .into(),
-                ),
-                token_uri: f.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
-            })),
-            Some("impersonated_service_account") => {
-                let url = f
-                    .service_account_impersonation_url
-                    .ok_or_else(|| missing("service_account_impersonation_url", "impersonated_service_account"))?;
-                let target = target_from_impersonation_url(&url).ok_or_else(|| {
-                    err(format!(
-                        "service_account_impersonation_url `{url}` does not end in serviceAccounts/EMAIL:generateAccessToken"
-                    ))
-                })?;
-                let inner = f
-                    .source_credentials
-                    .ok_or_else(|| missing("source_credentials", "impersonated_service_account"))?;
-                let delegates = f
-                    .delegates
-                    .iter()
-                    .map(|d| principal_email(d))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| err(format!("delegates: {e}")))?;
-                Ok(SourceCredential::Impersonated {
-                    source: Box::new(Self::from_json(path, inner)?),
-                    target: principal_email(&target).map_err(|e| err(e.to_string()))?,
-                    delegates,
-                })
-            }
-            Some(other) => Err(err(format!(
-                "credentials of type `{other}` are not supported; use service_account, authorized_user or impersonated_service_account"
-            ))),
-            None => Err(err("has no `type` field; is it a credentials file?".to_owned())),
         }
     }
 
@@ -503,201 +320,11 @@ fn refresh_token_of(body: &[u8]) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// `…/serviceAccounts/EMAIL:generateAccessToken` → `EMAIL`.
-fn target_from_impersonation_url(url: &str) -> Option<String> {
-    let rest = url.rsplit_once("/serviceAccounts/")?.1;
-    let email = rest.strip_suffix(":generateAccessToken")?;
-    Some(email.replace("%40", "@"))
-}
-
-/// Whether this looks like a Google Compute Engine VM (the DMI product
-/// name), so ADC falls back to the metadata server only where one exists.
-fn on_gce() -> bool {
-    std::fs::read_to_string("/sys/class/dmi/id/product_name")
-        .map(|s| s.trim().starts_with("Google"))
-        .unwrap_or(false)
-}
-
-/// The source credential's token, cached and refreshed on demand. The mutex
-/// makes fetching single-flight; it is never touched on the request path.
-pub(crate) struct SourceCache {
-    credential: SourceCredential,
-    state: tokio::sync::Mutex<Cached>,
-}
-
-#[derive(Default)]
-struct Cached {
-    token: Option<Token>,
-    /// When the cached token is due for a refresh.
-    refresh_at: Option<Instant>,
-    /// No new fetch before this: the metadata server hands out the same
-    /// token during its last minutes, and asking again would only spin.
-    next_fetch: Option<Instant>,
-}
-
-impl fmt::Debug for SourceCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SourceCache({})", self.credential.describe())
-    }
-}
-
-impl SourceCache {
-    pub(crate) fn new(credential: SourceCredential) -> SourceCache {
-        SourceCache {
-            credential,
-            state: tokio::sync::Mutex::new(Cached::default()),
-        }
-    }
-
-    pub(crate) async fn token(&self, http: &Http) -> Result<Token, CredentialError> {
-        let mut cached = self.state.lock().await;
-        let now = Instant::now();
-        if let Some(t) = &cached.token {
-            let due = cached.refresh_at.is_none_or(|at| now >= at);
-            let wait = cached.next_fetch.is_some_and(|n| now < n);
-            if !t.expires_in().is_zero() && (!due || wait) {
-                return Ok(t.clone());
-            }
-        }
-        match self.credential.fetch(http).await {
-            Ok(fresh) => {
-                let left = fresh.expires_in();
-                cached.refresh_at = Some(now + left - refresh_margin(left));
-                cached.next_fetch = Some(now + min_refetch_interval(left));
-                cached.token = Some(fresh.clone());
-                Ok(fresh)
-            }
-            Err(e) => match cached.token.clone() {
-                Some(t) if !t.expires_in().is_zero() => {
-                    tracing::warn!(source = %self.credential.describe(), error = %e, "source token refresh failed; using the cached token");
-                    cached.next_fetch = Some(now + Duration::from_secs(5));
-                    Ok(t)
-                }
-                _ => Err(e),
-            },
-        }
-    }
-}
-
-/// How long before expiry a token is refreshed: 5 minutes, or a quarter of
-/// what is left for short lifetimes.
-pub(crate) fn refresh_margin(left: Duration) -> Duration {
-    (left / 4).min(Duration::from_secs(300))
-}
-
-/// The least time between two fetches of the source token, whatever its
-/// expiry says: a quarter of its remaining life, between 1 s and 60 s.
-fn min_refetch_interval(left: Duration) -> Duration {
-    (left / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
-}
-
 impl Answer {
     fn clone_ref(&self) -> Answer {
         Answer {
             status: self.status,
             body: self.body.clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ip-source-{}-{name}", std::process::id()))
-    }
-
-    #[test]
-    fn adc_prefers_the_env_file_then_gcloud_then_metadata() {
-        let dir = tmp("adc");
-        let au =
-            r#"{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}"#;
-        let gcloud = dir.join("gcloud");
-        write(&gcloud, "application_default_credentials.json", au);
-        let env = AdcEnv {
-            cloudsdk_config: Some(gcloud.clone()),
-            home: Some(dir.clone()),
-            ..AdcEnv::default()
-        };
-        assert_eq!(
-            SourceCredential::discover(&env).unwrap().kind_name(),
-            "authorized_user"
-        );
-
-        let imp = format!(
-            r#"{{"type":"impersonated_service_account","service_account_impersonation_url":"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/mid@p.iam.gserviceaccount.com:generateAccessToken","delegates":["projects/-/serviceAccounts/d@p.iam.gserviceaccount.com"],"source_credentials":{au}}}"#
-        );
-        let env2 = AdcEnv {
-            google_application_credentials: Some(write(&dir, "imp.json", &imp)),
-            ..env.clone()
-        };
-        match SourceCredential::discover(&env2).unwrap() {
-            SourceCredential::Impersonated {
-                source,
-                target,
-                delegates,
-            } => {
-                assert_eq!(target, "mid@p.iam.gserviceaccount.com");
-                assert_eq!(delegates, vec!["d@p.iam.gserviceaccount.com".to_owned()]);
-                assert_eq!(source.kind_name(), "authorized_user");
-            }
-            other => panic!("{other:?}"),
-        }
-
-        let env3 = AdcEnv {
-            cloudsdk_config: Some(dir.join("nowhere")),
-            gce_metadata_host: Some("127.0.0.1:1".into()),
-            ..env.clone()
-        };
-        assert!(matches!(
-            SourceCredential::discover(&env3).unwrap(),
-            SourceCredential::Metadata { host } if host == "127.0.0.1:1"
-        ));
-
-        let missing = AdcEnv {
-            google_application_credentials: Some(dir.join("absent.json")),
-            ..env
-        };
-        let err = SourceCredential::discover(&missing).unwrap_err();
-        assert!(err.to_string().contains("absent.json"), "{err}");
-    }
-
-    #[test]
-    fn debug_of_a_user_login_hides_its_secrets() {
-        let dir = tmp("dbg");
-        let p = write(
-            &dir,
-            "au.json",
-            r#"{"type":"authorized_user","client_id":"c","client_secret":"hush-secret","refresh_token":"1//refresh-secret"}"#,
-        );
-        let s = format!("{:?}", SourceCredential::from_file(&p).unwrap());
-        assert!(
-            !s.contains("hush-secret") && !s.contains("refresh-secret"),
-            "{s}"
-        );
-    }
-
-    #[test]
-    fn refresh_never_spins_on_a_token_in_its_last_minutes() {
-        // The metadata server returns a token with 4 minutes left: the next
-        // fetch must wait, not happen immediately.
-        assert!(min_refetch_interval(Duration::from_secs(240)) >= Duration::from_secs(60));
-        assert!(min_refetch_interval(Duration::from_secs(2)) >= Duration::from_secs(1));
-        assert_eq!(
-            refresh_margin(Duration::from_secs(3600)),
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            refresh_margin(Duration::from_secs(20)),
-            Duration::from_secs(5)
-        );
     }
 }
