@@ -9,11 +9,11 @@ mod cert;
 mod iam;
 mod metadata;
 mod oauth;
+mod serve;
 mod state;
 mod storage;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,11 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
@@ -105,6 +102,15 @@ impl Counters {
     }
 }
 
+/// A token the emulator issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The account it was issued to (service account or user email).
+    pub principal: String,
+    /// When it stops being accepted.
+    pub expire_time: std::time::SystemTime,
+}
+
 /// A running emulator. Dropping it stops its listeners.
 pub struct Emulator {
     state: Arc<State>,
@@ -166,8 +172,8 @@ impl Emulator {
         let metadata_addr = metadata.local_addr().map_err(io_err("local address"))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
         let tasks = vec![
-            tokio::spawn(serve_tls(google, acceptor, state.clone())).abort_handle(),
-            tokio::spawn(serve_metadata(metadata, state.clone())).abort_handle(),
+            tokio::spawn(serve::serve_tls(google, acceptor, state.clone())).abort_handle(),
+            tokio::spawn(serve::serve_metadata(metadata, state.clone())).abort_handle(),
         ];
         tracing::info!(%addr, %metadata_addr, "emulator listening");
         Ok(Emulator {
@@ -251,6 +257,17 @@ impl Emulator {
     /// The principal a still-valid token was issued to.
     pub fn principal_of(&self, token: &str) -> Option<String> {
         self.state.principal_of(token)
+    }
+
+    /// What the emulator remembers about a token it issued (expired or
+    /// not): for whom, and until when.
+    pub fn issued(&self, token: &str) -> Option<IssuedToken> {
+        let inner = self.state.lock();
+        let issued = inner.issued.get(token)?;
+        Some(IssuedToken {
+            principal: issued.principal.clone(),
+            expire_time: issued.expires,
+        })
     }
 
     /// Writes a service account key file for `email` into `dir` (its
@@ -387,105 +404,6 @@ fn form_decode(body: &[u8]) -> Vec<(String, String)> {
             (k, v)
         })
         .collect()
-}
-
-/// The bearer token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The request's host, without a port, lowercased.
-fn request_host(req: &Request<Incoming>) -> String {
-    let raw = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            Some(h.rsplit_once(':').map_or(h, |(name, _)| name).to_owned())
-        })
-        .unwrap_or_default();
-    raw.to_ascii_lowercase()
-}
-
-async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
-    let host = request_host(&req);
-    let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, 1 << 20).collect().await else {
-        return Ok(google_error(
-            400,
-            "INVALID_ARGUMENT",
-            "Request body unreadable or too large.",
-        ));
-    };
-    let body = body.to_bytes();
-    let token = bearer(&parts.headers);
-    let caller = token.and_then(|t| state.principal_of(t));
-    let path = parts.uri.path();
-    Ok(match host.as_str() {
-        "oauth2.googleapis.com" => oauth::token(&state, &parts.method, path, &body),
-        "iamcredentials.googleapis.com" => iam::handle(&state, &parts.method, path, caller, &body),
-        "storage.googleapis.com" => storage::handle(&state, &parts, caller, token.is_some()),
-        _ => google_error(
-            404,
-            "NOT_FOUND",
-            &format!("The emulator does not serve {host}."),
-        ),
-    })
-}
-
-async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(tls);
-            let svc = service_fn(move |req| google(state.clone(), req));
-            let result = if h2 {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await
-            } else {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "emulator connection ended");
-            }
-        });
-    }
-}
-
-async fn serve_metadata(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (parts, _) = req.into_parts();
-                let reply = metadata::handle(&state, &parts);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]

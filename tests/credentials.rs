@@ -100,6 +100,13 @@ async fn service_account_key_source_mints_for_the_target() {
     );
     let left = token.expires_in();
     assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600));
+    // Our expiry is IAM's expireTime (parsed with its fractional seconds).
+    let issued = emu.issued(token.expose_secret()).unwrap();
+    let skew = match issued.expire_time.duration_since(token.expire_time()) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(skew < Duration::from_millis(5), "{skew:?}");
     // The source token is cached: one JWT-bearer grant for both calls.
     assert_eq!(emu.counters().get("token", SOURCE_SA), 1);
     assert_eq!(emu.counters().get("generateAccessToken", TARGET), 1);
