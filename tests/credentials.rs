@@ -543,3 +543,55 @@ async fn debug_of_every_token_holding_type_hides_the_secret() {
     }
     assert!(texts[0].contains("redacted") && texts[3].contains("redacted"));
 }
+
+#[tokio::test]
+async fn the_metadata_server_requires_its_header_and_serves_email_token_identity() {
+    let emu = emulator(None).await;
+    let upstream = Upstream::new(&emu.upstream_config()).unwrap();
+    // `metadata.google.internal` reaches the emulator through `resolve`.
+    let get = |path: &str, flavor: bool| {
+        let mut req = http::Request::get(format!(
+            "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/{path}"
+        ));
+        if flavor {
+            req = req.header("metadata-flavor", "Google");
+        }
+        let req = req.body(full_body("")).unwrap();
+        let upstream = upstream.clone();
+        async move {
+            let resp = upstream.send(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(get("email", false).await.0, 403);
+    assert_eq!(
+        get("email", true).await,
+        (http::StatusCode::OK, emu.metadata_account().to_owned())
+    );
+    let (status, jwt) = get("identity?audience=https%3A%2F%2Fsvc.run.app", true).await;
+    assert_eq!(status, 200);
+    let claims = decode_unverified(&jwt).unwrap();
+    assert_eq!(claims.claim_str("aud"), Some("https://svc.run.app"));
+    assert_eq!(claims.claim_str("email"), Some(emu.metadata_account()));
+    // The same token is handed out again while it has time left.
+    let (_, a) = get(
+        "token?scopes=https://www.googleapis.com/auth/cloud-platform",
+        true,
+    )
+    .await;
+    let (_, b) = get(
+        "token?scopes=https://www.googleapis.com/auth/cloud-platform",
+        true,
+    )
+    .await;
+    let a: serde_json::Value = serde_json::from_str(&a).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(a["access_token"], b["access_token"]);
+    assert_eq!(
+        emu.principal_of(a["access_token"].as_str().unwrap())
+            .as_deref(),
+        Some(emu.metadata_account())
+    );
+}
