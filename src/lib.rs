@@ -2,15 +2,22 @@
 //! hosts and forwards each request with a credential chosen by route.
 #![forbid(unsafe_code)]
 
+mod audit;
 pub mod ca;
 pub mod config;
+pub mod emulator;
 pub mod forward;
+pub mod google;
 mod idle;
+pub mod inject;
 mod listener;
+mod observe;
 pub mod proxy;
 pub mod reply;
 mod request;
+pub mod routes;
 pub mod tls;
+pub mod tokens;
 mod tunnel;
 
 pub use config::Config;

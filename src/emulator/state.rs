@@ -1,0 +1,163 @@
+//! What the emulator remembers: who may mint for whom, which keys and
+//! logins exist, every token it issued (principal, expiry), call counters,
+//! and injected failures.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::google::jwt::{unix, SigningKey};
+
+/// The one RSA key every emulated service account key file holds, and that
+/// signs the emulator's ID tokens. A public test fixture committed on
+/// purpose (ring cannot generate RSA keys); it is not a secret and grants
+/// nothing outside the emulator.
+pub(crate) const FIXTURE_KEY_PEM: &str = include_str!("emulator-sa-key.pem");
+
+/// The longest token lifetime IAM grants without the org policy.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// A token the emulator issued.
+#[derive(Debug, Clone)]
+pub(crate) struct Issued {
+    pub(crate) principal: String,
+    pub(crate) expires: SystemTime,
+}
+
+pub(crate) struct Inner {
+    /// (caller, target): caller holds Token Creator on target.
+    pub(crate) token_creators: HashSet<(String, String)>,
+    /// kid → service account email, for keys written by the emulator.
+    pub(crate) keys: HashMap<String, String>,
+    /// refresh token → (client_id, client_secret, user email).
+    pub(crate) refresh_tokens: HashMap<String, (String, String, String)>,
+    pub(crate) issued: HashMap<String, Issued>,
+    pub(crate) counters: BTreeMap<(String, String), u64>,
+    pub(crate) outage: bool,
+    pub(crate) lifetime_cap: Option<Duration>,
+    /// The metadata server's cached token per scope list.
+    pub(crate) metadata_tokens: HashMap<String, (String, SystemTime, Duration)>,
+}
+
+pub(crate) struct State {
+    pub(crate) key: SigningKey,
+    pub(crate) public_key: Vec<u8>,
+    pub(crate) metadata_account: String,
+    inner: Mutex<Inner>,
+}
+
+impl State {
+    pub(crate) fn new(
+        metadata_account: String,
+        lifetime_cap: Option<Duration>,
+    ) -> Result<State, String> {
+        let key = SigningKey::from_pem(FIXTURE_KEY_PEM, "emulator-id-token")?;
+        Ok(State {
+            public_key: key.public_key_der(),
+            key,
+            metadata_account,
+            inner: Mutex::new(Inner {
+                token_creators: HashSet::new(),
+                keys: HashMap::new(),
+                refresh_tokens: HashMap::new(),
+                issued: HashMap::new(),
+                counters: BTreeMap::new(),
+                outage: false,
+                lifetime_cap,
+                metadata_tokens: HashMap::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn count(&self, endpoint: &str, target: &str) {
+        *self
+            .lock()
+            .counters
+            .entry((endpoint.to_owned(), target.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Issues an opaque access token for `principal`, valid for `lifetime`
+    /// (capped by the configured lifetime).
+    pub(crate) fn issue_access_token(
+        &self,
+        principal: &str,
+        lifetime: Duration,
+    ) -> (String, SystemTime) {
+        let mut inner = self.lock();
+        let lifetime = inner.lifetime_cap.map_or(lifetime, |cap| lifetime.min(cap));
+        let token = format!(
+            "ya29.emu-{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        );
+        let expires = SystemTime::now() + lifetime;
+        inner.issued.insert(
+            token.clone(),
+            Issued {
+                principal: principal.to_owned(),
+                expires,
+            },
+        );
+        (token, expires)
+    }
+
+    /// Issues a signed ID token (RS256 JWT) for `principal`.
+    pub(crate) fn issue_id_token(&self, principal: &str, audience: &str) -> Result<String, String> {
+        let now = SystemTime::now();
+        let lifetime = self
+            .lock()
+            .lifetime_cap
+            .map_or(MAX_LIFETIME, |c| c.min(MAX_LIFETIME));
+        let iat = unix(now);
+        let token = self.key.sign(&serde_json::json!({
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "azp": principal,
+            "sub": principal,
+            "email": principal,
+            "email_verified": true,
+            "iat": iat,
+            "exp": iat + lifetime.as_secs().max(1),
+        }))?;
+        self.lock().issued.insert(
+            token.clone(),
+            Issued {
+                principal: principal.to_owned(),
+                expires: now + lifetime,
+            },
+        );
+        Ok(token)
+    }
+
+    /// The principal a still-valid token was issued to.
+    pub(crate) fn principal_of(&self, token: &str) -> Option<String> {
+        let inner = self.lock();
+        let issued = inner.issued.get(token)?;
+        (issued.expires > SystemTime::now()).then(|| issued.principal.clone())
+    }
+
+    /// Whether every hop of `chain` (caller, delegates…, target) holds
+    /// Token Creator on the next.
+    pub(crate) fn chain_allowed(&self, chain: &[&str]) -> bool {
+        let inner = self.lock();
+        chain.windows(2).all(|w| {
+            inner
+                .token_creators
+                .contains(&(w[0].to_owned(), w[1].to_owned()))
+        })
+    }
+}
+
+/// The key id the emulator gives `email`'s key: a stable digest.
+pub(crate) fn key_id(email: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, email.as_bytes());
+    d.as_ref()[..20]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
