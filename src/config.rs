@@ -71,6 +71,117 @@ pub struct Config {
     /// `[limits]`: timeouts and sizes that protect the proxy.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[audit]`: where the one-line-per-request audit record goes.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// `[[route]]`: the rules, first match wins.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Write audit records at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Append JSON lines to this file instead of stdout.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One `[[route]]` rule as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Shown in errors, audit records and metrics.
+    pub name: String,
+    /// Exact host names or `*.suffix` patterns.
+    pub hosts: Vec<String>,
+    /// Matches whole path segments.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// HTTP methods; empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// `[[client]]` names; empty means any client.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Target service account for an access token.
+    #[serde(default)]
+    pub impersonate: Option<String>,
+    /// Delegate chain, in order.
+    #[serde(default)]
+    pub delegates: Vec<String>,
+    /// OAuth scopes; empty means `cloud-platform`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Requested token lifetime, e.g. `"3600s"`.
+    #[serde(default)]
+    pub lifetime: Option<String>,
+    /// Sets `x-goog-user-project` (quota and billing project).
+    #[serde(default)]
+    pub quota_project: Option<String>,
+    /// An ID token instead of an access token.
+    #[serde(default)]
+    pub id_token: Option<IdTokenConfig>,
+    /// `"deny"` or `"passthrough"` instead of a credential.
+    #[serde(default)]
+    pub action: Option<RouteActionConfig>,
+    /// What to do with a client's own `Authorization` header.
+    #[serde(default)]
+    pub authorization: AuthorizationPolicy,
+    /// Mint the token at start (and report it in `/readyz`).
+    #[serde(default)]
+    pub warm: bool,
+}
+
+/// `id_token = { audience, impersonate, delegates }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdTokenConfig {
+    /// The `aud` claim, e.g. the Cloud Run service URL.
+    pub audience: String,
+    /// The service account the ID token is for.
+    pub impersonate: String,
+    /// Delegate chain, in order.
+    #[serde(default)]
+    pub delegates: Vec<String>,
+}
+
+/// `action = …` for routes without a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteActionConfig {
+    /// Refuse with 403.
+    Deny,
+    /// Forward untouched.
+    Passthrough,
+}
+
+/// `authorization = "replace" | "keep"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationPolicy {
+    /// Remove the client's `Authorization` and set the route's token.
+    #[default]
+    Replace,
+    /// Keep a client-supplied `Authorization`; inject only when absent.
+    Keep,
 }
 
 /// `[proxy]`
@@ -425,6 +536,9 @@ impl Config {
         if let Some(p) = self.source.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.audit.file.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks the values that parse but are not allowed.
@@ -436,6 +550,7 @@ impl Config {
             ));
         }
         self.intercept_patterns()?;
+        crate::routes::compile_rules(self)?;
         for host in self.upstream.resolve.keys() {
             HostPattern::parse(&format!("upstream.resolve.\"{host}\""), host)?;
         }
@@ -488,14 +603,22 @@ impl Config {
         Ok(())
     }
 
-    /// The `[intercept] hosts` patterns, parsed.
+    /// The hosts that are terminated and routed: `[intercept] hosts` plus
+    /// every route's hosts (a route for a host implies intercepting it).
     pub fn intercept_patterns(&self) -> Result<Vec<HostPattern>, ConfigError> {
-        self.intercept
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| HostPattern::parse(&format!("intercept.hosts[{i}]"), h))
-            .collect()
+        let mut out = Vec::new();
+        for (i, h) in self.intercept.hosts.iter().enumerate() {
+            out.push(HostPattern::parse(&format!("intercept.hosts[{i}]"), h)?);
+        }
+        for (r, route) in self.routes.iter().enumerate() {
+            for (i, h) in route.hosts.iter().enumerate() {
+                let p = HostPattern::parse(&format!("route[{r}].hosts[{i}]"), h)?;
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -9,13 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Response;
-use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-
-use crate::forward::{BoxError, ProxyBody};
 
 /// When a connection last did something, and how many requests it has in
 /// flight.
@@ -75,42 +70,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Keeps `guard` alive until the response body has been sent (or
-/// dropped), so a long streaming response counts as activity.
-pub(crate) fn track(resp: Response<ProxyBody>, guard: InFlight) -> Response<ProxyBody> {
-    resp.map(|inner| {
-        http_body_util::BodyExt::boxed(Tracked {
-            inner,
-            _guard: guard,
-        })
-    })
-}
-
-struct Tracked {
-    inner: ProxyBody,
-    _guard: InFlight,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

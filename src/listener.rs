@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::forward::ProxyBody;
-use crate::idle::{track, Activity};
+use crate::idle::{Activity, InFlight};
 use crate::proxy::Shared;
 use crate::request::{self, Origin, Target};
 use crate::{reply, tunnel};
@@ -73,7 +73,7 @@ async fn serve_client(
         let shared = svc_shared.clone();
         let permit = permit.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(track(dispatch(shared, peer, permit, req).await, guard)) }
+        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, req, guard).await) }
     });
     let conn = shared
         .h1
@@ -101,6 +101,7 @@ async fn dispatch(
     peer: SocketAddr,
     permit: ConnPermit,
     req: Request<Incoming>,
+    guard: InFlight,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return tunnel::connect(shared, peer, permit, req).await;
@@ -118,10 +119,11 @@ async fn dispatch(
                 Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
             };
             let origin = Arc::new(Origin {
+                client: peer,
                 target,
                 misdirected_sni: None,
             });
-            request::handle(shared, origin, req).await
+            request::handle(shared, origin, req, guard).await
         }
         (Some(_), Some(_)) => reply::error(
             StatusCode::BAD_REQUEST,

@@ -14,9 +14,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditSink;
 use crate::ca::{CaError, CertAuthority};
 use crate::config::{normalize_host, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts};
 use crate::forward::{Upstream, UpstreamSetupError};
+use crate::google::{CredentialError, Mint, Token, TokenRequest};
+use crate::routes::{compile_rules, RouteTable};
+use crate::tokens::Registry;
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,9 @@ pub enum StartError {
     /// The upstream client could not be built (e.g. a bad `extra_ca`).
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    /// The audit file could not be opened.
+    #[error("[audit] file: {0}")]
+    Audit(std::io::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,6 +67,10 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     pub ca: CertAuthority,
     pub upstream: Upstream,
+    pub routes: ArcSwap<RouteTable>,
+    /// Owns the token slots' refresher tasks: dropping it stops them.
+    pub _registry: Registry,
+    pub audit: AuditSink,
     pub h1: http1::Builder,
     pub h2: http2::Builder<TokioExecutor>,
     pub shutdown: CancellationToken,
@@ -91,8 +104,12 @@ impl Proxy {
     /// Loads the CA, builds the upstream client and binds the listener.
     pub async fn bind(cfg: &Config) -> Result<Proxy, StartError> {
         cfg.validate()?;
+        let specs = compile_rules(cfg)?;
         let ca = CertAuthority::load(&cfg.ca.cert, &cfg.ca.key)?;
         let upstream = Upstream::new(&cfg.upstream)?;
+        let registry = registry_for(cfg);
+        let routes = RouteTable::build(&specs, &registry);
+        let audit = AuditSink::start(&cfg.audit).map_err(StartError::Audit)?;
         let l = cfg.limits.clone();
 
         let mut h1 = http1::Builder::new();
@@ -130,6 +147,9 @@ impl Proxy {
             limits: l,
             ca,
             upstream,
+            routes: ArcSwap::from_pointee(routes),
+            _registry: registry,
+            audit,
             h1,
             h2,
             shutdown: CancellationToken::new(),
@@ -178,5 +198,31 @@ impl Proxy {
             );
         }
         drained
+    }
+}
+
+/// The token registry for `[source]`. A source that cannot be loaded (no
+/// ADC on this machine, a missing key file) does not stop the proxy: routes
+/// that need a token answer 503 with the cause, the others keep working.
+fn registry_for(cfg: &Config) -> Registry {
+    match Registry::from_config(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "source credential unavailable; routes that impersonate will answer 503 until it is fixed and the proxy restarted");
+            Registry::new(Arc::new(NoSource(e.to_string())))
+        }
+    }
+}
+
+/// A minter whose source credential could not be loaded.
+struct NoSource(String);
+
+impl Mint for NoSource {
+    fn mint<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        let message = self.0.clone();
+        Box::pin(async move { Err(CredentialError::SourceUnavailable { message }) })
     }
 }

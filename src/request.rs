@@ -3,6 +3,7 @@
 //! authority, strip hop-by-hop headers, forward, stream the answer back.
 //! There is one such path, so there is one policy.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,10 +11,17 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::config::normalize_host;
+use crate::audit::Record;
+use crate::config::{normalize_host, AuthorizationPolicy};
 use crate::forward::{stream_body, ProxyBody};
+use crate::google::CredentialError;
+use crate::idle::InFlight;
+use crate::inject::{self, Outcome};
+use crate::observe::{self, CountedIn};
 use crate::proxy::Shared;
 use crate::reply;
+use crate::routes::Action;
+use crate::tokens::Slot;
 
 /// Where a request is going: fixed by the CONNECT authority (or the
 /// absolute-form URI), never by a header the client can change later.
@@ -76,6 +84,8 @@ impl Target {
 /// Facts about the client connection a request arrived on.
 #[derive(Debug)]
 pub(crate) struct Origin {
+    /// The client's address.
+    pub client: SocketAddr,
     /// The target every request on this connection goes to.
     pub target: Target,
     /// Set when the TLS SNI named another host than the CONNECT authority:
@@ -83,11 +93,49 @@ pub(crate) struct Origin {
     pub misdirected_sni: Option<String>,
 }
 
-/// Serves one request: the whole Parsed → Forwarded path.
+/// Serves one request and attaches its audit record and in-flight guard to
+/// the response body.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     origin: Arc<Origin>,
     req: Request<Incoming>,
+    guard: InFlight,
+) -> Response<ProxyBody> {
+    let mut record = shared.audit.enabled().then(|| {
+        Record::new(
+            origin.client,
+            req.method(),
+            &origin.target.host,
+            req.uri().path(),
+        )
+    });
+    let resp = route_and_forward(&shared, &origin, req, record.as_mut()).await;
+    let audit = record.map(|mut r| {
+        r.status = resp.status().as_u16();
+        (shared.audit.clone(), r)
+    });
+    observe::finish(resp, guard, audit)
+}
+
+/// What the matched route decided, owned so that no borrow of the route
+/// table is held across an await.
+enum Decision {
+    Forward,
+    Refuse(Response<ProxyBody>),
+    Mint {
+        slot: Slot,
+        policy: AuthorizationPolicy,
+        quota_project: Option<HeaderValue>,
+        route: Arc<str>,
+    },
+}
+
+/// Parsed → Routed → Injected → Forwarded.
+async fn route_and_forward(
+    shared: &Shared,
+    origin: &Origin,
+    req: Request<Incoming>,
+    record: Option<&mut Record>,
 ) -> Response<ProxyBody> {
     let is_grpc = is_grpc(req.headers());
     let target = &origin.target;
@@ -135,7 +183,87 @@ pub(crate) async fn handle(
         );
     }
 
+    let mut record = record;
     let (mut parts, body) = req.into_parts();
+    let decision = {
+        let table = shared.routes.load();
+        let Some(route) = table.find(&target.host, &parts.method, parts.uri.path()) else {
+            return reply::error_for(
+                is_grpc,
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "no [[route]] matches {} {}{}; add a route for it (action = \"passthrough\" to forward it untouched)",
+                    parts.method,
+                    target.host,
+                    parts.uri.path()
+                ),
+            );
+        };
+        if let Some(r) = record.as_deref_mut() {
+            r.route = Some(route.name.clone());
+            r.action = route.action.kind();
+            if let Action::Inject { slot, .. } = &route.action {
+                r.target_principal = Some(slot.request().target_principal().to_owned());
+                r.delegates = slot.request().delegates().to_vec();
+            }
+        }
+        if target.scheme == Scheme::HTTP && matches!(route.action, Action::Inject { .. }) {
+            Decision::Refuse(reply::error_for(
+                is_grpc,
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "route \"{}\" attaches a credential, which is never sent over plain http://; use https:// (the proxy intercepts it)",
+                    route.name
+                ),
+            ))
+        } else {
+            match inject::apply(&route.action, &mut parts.headers) {
+                Outcome::Forward => Decision::Forward,
+                Outcome::Deny => Decision::Refuse(reply::error_for(
+                    is_grpc,
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "denied by route \"{}\" ({} {}{})",
+                        route.name,
+                        parts.method,
+                        target.host,
+                        parts.uri.path()
+                    ),
+                )),
+                Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
+                Outcome::Minting(slot) => {
+                    let Action::Inject {
+                        authorization,
+                        quota_project,
+                        ..
+                    } = &route.action
+                    else {
+                        unreachable!("only inject routes have slots")
+                    };
+                    Decision::Mint {
+                        slot: slot.clone(),
+                        policy: *authorization,
+                        quota_project: quota_project.clone(),
+                        route: route.name.clone(),
+                    }
+                }
+            }
+        }
+    };
+    match decision {
+        Decision::Forward => {}
+        Decision::Refuse(resp) => return resp,
+        Decision::Mint {
+            slot,
+            policy,
+            quota_project,
+            route,
+        } => match slot.get().await {
+            Ok(token) => inject::attach(&mut parts.headers, token, policy, quota_project.as_ref()),
+            Err(e) => return no_token(is_grpc, &route, &e),
+        },
+    }
+
     let path = parts
         .uri
         .path_and_query()
@@ -161,7 +289,15 @@ pub(crate) async fn handle(
         }
     }
 
-    let req = Request::from_parts(parts, stream_body(body));
+    let body = match record {
+        Some(r) => {
+            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            r.counted_in = Some(count.clone());
+            CountedIn::boxed(body, count)
+        }
+        None => stream_body(body),
+    };
+    let req = Request::from_parts(parts, body);
     match shared.upstream.send(req).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
@@ -182,6 +318,16 @@ pub(crate) async fn handle(
             )
         }
     }
+}
+
+/// The 503 for a route whose token cannot be had: names the route, the
+/// target, and the cause (IAM's own message).
+fn no_token(is_grpc: bool, route: &str, e: &CredentialError) -> Response<ProxyBody> {
+    reply::error_for(
+        is_grpc,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("route \"{route}\": no token: {e}"),
+    )
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -18,7 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::{normalize_host, OtherHosts};
 use crate::forward::{full_body, ProxyBody};
-use crate::idle::{track, ActiveIo, Activity};
+use crate::idle::{ActiveIo, Activity};
 use crate::listener::ConnPermit;
 use crate::proxy::Shared;
 use crate::reply;
@@ -46,7 +46,7 @@ pub(crate) async fn connect(
         shared.tasks.spawn(async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(up) => intercept(task_shared, target, up).await,
+                Ok(up) => intercept(task_shared, peer, target, up).await,
                 Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -107,7 +107,7 @@ fn parse_authority(req: &Request<Incoming>) -> Result<(String, u16), String> {
     Ok((normalize_host(host), port))
 }
 
-async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
+async fn intercept(shared: Arc<Shared>, peer: SocketAddr, target: Target, upgraded: Upgraded) {
     let handshake_timeout = shared.limits.header_read_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
@@ -149,6 +149,7 @@ async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
     };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin = Arc::new(Origin {
+        client: peer,
         target,
         misdirected_sni,
     });
@@ -159,7 +160,7 @@ async fn intercept(shared: Arc<Shared>, target: Target, upgraded: Upgraded) {
         let shared = svc_shared.clone();
         let origin = origin.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(track(request::handle(shared, origin, req).await, guard)) }
+        async move { Ok::<_, Infallible>(request::handle(shared, origin, req, guard).await) }
     });
     let idle = shared.limits.idle_timeout;
     let io = TokioIo::new(tls);

@@ -465,7 +465,7 @@ async fn storage_sees_the_impersonated_principal_over_h2() {
     let (status, body) = get(Some(token.expose_secret().to_owned())).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["emulator"]["principal"], TARGET);
-    assert_eq!(body["emulator"]["userProject"], true);
+    assert_eq!(body["emulator"]["userProject"], "billing-project");
     assert_eq!(body["emulator"]["httpVersion"], "HTTP/2.0");
     let (status, _) = get(None).await;
     assert_eq!(status, 401);

@@ -220,7 +220,9 @@ async fn upstream_down_gives_502_in_googles_json_shape() {
     drop(dead);
     let (cfg, dir) = config_with_ca(
         "down",
-        &format!("[upstream.resolve]\n\"down.googleapis.com\" = \"{dead_addr}\"\n"),
+        &format!(
+            "[upstream.resolve]\n\"down.googleapis.com\" = \"{dead_addr}\"\n{PASSTHROUGH_ALL}"
+        ),
     );
     let proxy = start_proxy(cfg, dir).await;
     let mut c = client(&proxy, "down.googleapis.com", false).await;
@@ -239,7 +241,7 @@ async fn absolute_form_http_requests_take_the_same_path() {
     let (plain, _) = start_upstream(None).await;
     let (cfg, dir) = config_with_ca(
         "absolute",
-        &format!("[upstream.resolve]\n\"plain.googleapis.com\" = \"{plain}\"\n"),
+        &format!("[upstream.resolve]\n\"plain.googleapis.com\" = \"{plain}\"\n{PASSTHROUGH_ALL}"),
     );
     let proxy = start_proxy(cfg, dir).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();

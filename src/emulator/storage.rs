@@ -36,7 +36,7 @@ pub(crate) fn handle(
         "method": parts.method.as_str(),
         "path": path,
         "httpVersion": format!("{:?}", parts.version),
-        "userProject": parts.headers.contains_key("x-goog-user-project"),
+        "userProject": parts.headers.get("x-goog-user-project").and_then(|v| v.to_str().ok()),
         "proxyHeaders": parts.headers.keys().any(|k| k.as_str().starts_with("proxy-")),
     });
     let body = if objects {

@@ -58,6 +58,13 @@ pub enum CredentialError {
         /// What is wrong with it.
         message: String,
     },
+    /// The `[source]` credential could not be loaded when the proxy started
+    /// (e.g. no ADC on this machine); every mint fails with this cause.
+    #[error("the source credential could not be loaded at start-up: {message}; fix [source] and restart the proxy")]
+    SourceUnavailable {
+        /// Why it could not be loaded.
+        message: String,
+    },
     /// Application Default Credentials discovery found nothing.
     #[error("no Application Default Credentials found (tried {tried}); run: gcloud auth application-default login, or set [source] type and file")]
     NoCredentials {

@@ -410,6 +410,11 @@ pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// A route that forwards every Google API request untouched: transport
+/// tests are about the proxy, not credentials.
+pub const PASSTHROUGH_ALL: &str =
+    "[[route]]\nname = \"all\"\nhosts = [\"*.googleapis.com\"]\naction = \"passthrough\"\n";
+
 /// A standard world: an upstream TLS server reachable as
 /// `storage.googleapis.com` (and `other.googleapis.com`) through the
 /// proxy's `[upstream.resolve]` and `extra_ca`.
@@ -424,7 +429,7 @@ pub async fn world(name: &str, extra: &str) -> World {
     let certs = upstream_certs(&dir, &["storage.googleapis.com", "other.googleapis.com"]);
     let (upstream, seen) = start_upstream(Some(certs.server)).await;
     let toml = format!(
-        "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}",
+        "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}\n{PASSTHROUGH_ALL}",
         certs.ca_pem.display()
     );
     let (cfg, dir) = config_with_ca(name, &toml);
@@ -438,4 +443,52 @@ pub async fn world(name: &str, extra: &str) -> World {
 
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
     Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
+
+/// The source identity in emulator worlds.
+pub const SOURCE_SA: &str = "caller@emulator-project.iam.gserviceaccount.com";
+
+/// `[upstream]` TOML that sends the emulator's hosts to it and trusts its
+/// CA: the same keys a user would write.
+pub fn emulator_upstream_toml(
+    emu: &impersonate_proxy::emulator::Emulator,
+    extra_resolve: &str,
+) -> String {
+    let mut t = format!(
+        "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"10s\"\n[upstream.resolve]\n",
+        emu.ca_pem_path().display()
+    );
+    for h in impersonate_proxy::emulator::HOSTS {
+        t.push_str(&format!("\"{h}\" = \"{}\"\n", emu.addr()));
+    }
+    t.push_str(extra_resolve);
+    t
+}
+
+/// A proxy whose source is a service-account key the emulator knows, with
+/// `routes` (TOML) and the emulator behind it.
+pub struct EmuWorld {
+    pub emu: impersonate_proxy::emulator::Emulator,
+    pub proxy: TestProxy,
+}
+
+pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorld {
+    let dir = tempdir(&format!("{name}-emu"));
+    let emu = impersonate_proxy::emulator::Emulator::start(
+        impersonate_proxy::emulator::EmulatorOptions {
+            dir: Some(dir.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
+    let toml = format!(
+        "[source]\ntype = \"service_account\"\nfile = \"{}\"\n{}\n{routes}",
+        key.display(),
+        emulator_upstream_toml(&emu, extra_resolve)
+    );
+    let (cfg, dir) = config_with_ca(name, &toml);
+    let proxy = start_proxy(cfg, dir).await;
+    EmuWorld { emu, proxy }
 }

@@ -1,0 +1,117 @@
+//! Body wrappers that watch a request as it streams: the connection's
+//! in-flight count, bytes in and out, and the audit record written when the
+//! response body ends (or is dropped because the client went away).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::audit::{AuditSink, Record};
+use crate::forward::{BoxError, ProxyBody};
+use crate::idle::InFlight;
+
+/// A request body that counts the bytes it yields.
+pub(crate) struct CountedIn {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl CountedIn {
+    pub fn boxed(inner: Incoming, count: Arc<AtomicU64>) -> ProxyBody {
+        http_body_util::BodyExt::boxed(CountedIn { inner, count })
+    }
+}
+
+impl Body for CountedIn {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.count
+                    .fetch_add(d.remaining() as u64, Ordering::Relaxed);
+            }
+        }
+        r.map(|o| o.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps a response so that the connection counts it as in flight until
+/// its body is done, and its audit record is written then.
+pub(crate) fn finish(
+    resp: Response<ProxyBody>,
+    guard: InFlight,
+    audit: Option<(AuditSink, Record)>,
+) -> Response<ProxyBody> {
+    resp.map(|inner| {
+        http_body_util::BodyExt::boxed(Tracked {
+            inner,
+            bytes_out: 0,
+            audit,
+            _guard: guard,
+        })
+    })
+}
+
+struct Tracked {
+    inner: ProxyBody,
+    bytes_out: u64,
+    audit: Option<(AuditSink, Record)>,
+    _guard: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.bytes_out += d.remaining() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some((sink, mut record)) = self.audit.take() {
+            record.finish(self.bytes_out);
+            sink.write(&record);
+        }
+    }
+}

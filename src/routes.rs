@@ -1,0 +1,469 @@
+//! The compiled rule table: (host, method, path, client) → the first
+//! matching route and its action. Host matching is by map, not by scan:
+//! exact names in one map, `*.suffix` patterns in another keyed by suffix,
+//! so a table of 1,000 rules costs a few lookups, not 1,000 comparisons.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+
+use crate::config::{
+    parse_duration, AuthorizationPolicy, Config, ConfigError, HostPattern, RouteActionConfig,
+    RouteConfig,
+};
+use crate::google::{TokenKind, TokenRequest};
+use crate::tokens::{Registry, Slot};
+
+/// IAM's ceiling for `lifetime` (where the org policy allows more than 1 h).
+const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What a matched route does with a request.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Attach a token from the slot.
+    Inject {
+        slot: Slot,
+        authorization: AuthorizationPolicy,
+        quota_project: Option<HeaderValue>,
+    },
+    /// Forward untouched.
+    Passthrough,
+    /// Refuse with 403.
+    Deny,
+}
+
+impl Action {
+    /// A short word for audit records and `check`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Inject { slot, .. }
+                if matches!(slot.request().kind(), TokenKind::Id { .. }) =>
+            {
+                "id_token"
+            }
+            Action::Inject { .. } => "impersonate",
+            Action::Passthrough => "passthrough",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub name: Arc<str>,
+    path_prefix: Option<Box<str>>,
+    methods: Vec<Method>,
+    pub action: Action,
+}
+
+impl Route {
+    fn matches_rest(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path_has_prefix(path, p))
+    }
+}
+
+/// `prefix` matches whole segments: `/storage/v1/b` matches `/storage/v1/b`
+/// and `/storage/v1/b/x`, not `/storage/v1/bx`.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// A fast, non-keyed hash for the host maps. The keys come from the
+/// config; a client only chooses what is looked up, which cannot make the
+/// fixed table's buckets collide more, so SipHash's DoS resistance buys
+/// nothing here.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+
+    #[inline]
+    fn write_u8(&mut self, b: u8) {
+        self.write(&[b]);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HostMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
+
+/// The rule table.
+pub(crate) struct RouteTable {
+    routes: Vec<Route>,
+    /// Exact host → indices of routes naming it, ascending.
+    exact: HostMap,
+    /// `.suffix` → indices of routes with `*.suffix`, ascending.
+    suffix: HostMap,
+    /// Bit n set: some suffix pattern has n labels (skip other lookups).
+    suffix_labels: u64,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|r| &r.name))
+            .finish()
+    }
+}
+
+/// A validated rule, before slots exist: what `check` prints and what the
+/// table is built from.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// The route's name.
+    pub name: String,
+    /// Its host patterns.
+    pub hosts: Vec<HostPattern>,
+    /// Its path prefix, if any.
+    pub path_prefix: Option<String>,
+    /// Its methods (empty = any).
+    pub methods: Vec<Method>,
+    /// Its `[[client]]` names (empty = any).
+    pub clients: Vec<String>,
+    /// What it does.
+    pub action: ActionSpec,
+}
+
+/// The action of a [`RuleSpec`].
+#[derive(Debug, Clone)]
+pub enum ActionSpec {
+    /// Mint and attach this token.
+    Inject {
+        /// The token to attach.
+        request: TokenRequest,
+        /// The client's own `Authorization`: replaced or kept.
+        authorization: AuthorizationPolicy,
+        /// `x-goog-user-project`.
+        quota_project: Option<String>,
+        /// Mint at start.
+        warm: bool,
+    },
+    /// Forward untouched.
+    Passthrough,
+    /// Refuse with 403.
+    Deny,
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<String> = self.hosts.iter().map(|h| h.to_string()).collect();
+        write!(f, "{:<20} hosts={}", self.name, hosts.join(","))?;
+        if let Some(p) = &self.path_prefix {
+            write!(f, " path_prefix={p}")?;
+        }
+        if !self.methods.is_empty() {
+            let m: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
+            write!(f, " methods={}", m.join(","))?;
+        }
+        if !self.clients.is_empty() {
+            write!(f, " clients={}", self.clients.join(","))?;
+        }
+        match &self.action {
+            ActionSpec::Inject {
+                request,
+                authorization,
+                quota_project,
+                warm,
+            } => {
+                write!(f, " → {request}")?;
+                if *authorization == AuthorizationPolicy::Keep {
+                    write!(f, " (keeps a client Authorization)")?;
+                }
+                if let Some(q) = quota_project {
+                    write!(f, " quota_project={q}")?;
+                }
+                if *warm {
+                    write!(f, " warm")?;
+                }
+                Ok(())
+            }
+            ActionSpec::Passthrough => write!(f, " → passthrough"),
+            ActionSpec::Deny => write!(f, " → deny"),
+        }
+    }
+}
+
+/// Validates every `[[route]]` and turns it into a [`RuleSpec`].
+pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    cfg.routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let spec = compile_rule(i, r)?;
+            if !names.insert(spec.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].name"),
+                    format!(
+                        "`{}` is used by an earlier route; names must be unique",
+                        spec.name
+                    ),
+                ));
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
+fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
+    let key = |field: &str| format!("route[{i}].{field} (route \"{}\")", r.name);
+    if r.name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            format!("route[{i}].name"),
+            "must not be empty",
+        ));
+    }
+    if r.hosts.is_empty() {
+        return Err(ConfigError::invalid(
+            key("hosts"),
+            "is empty; list exact hosts or \"*.suffix\" patterns",
+        ));
+    }
+    let hosts = r
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| HostPattern::parse(&key(&format!("hosts[{j}]")), h))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = &r.path_prefix {
+        if !p.starts_with('/') || p.contains('?') {
+            return Err(ConfigError::invalid(
+                key("path_prefix"),
+                format!("`{p}` must start with `/` and hold no query"),
+            ));
+        }
+    }
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ConfigError::invalid(key("methods"), format!("`{m}` is not an HTTP method"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(c) = r.clients.first() {
+        // Client identities arrive with [[client]]; until a route can be
+        // limited to a client, accepting the key would silently apply the
+        // route to everyone.
+        return Err(ConfigError::invalid(
+            key("clients"),
+            format!("no [[client]] named `{c}` is defined"),
+        ));
+    }
+    let chosen = [
+        r.impersonate.is_some(),
+        r.id_token.is_some(),
+        r.action.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if chosen != 1 {
+        return Err(ConfigError::invalid(
+            key("action"),
+            "set exactly one of `impersonate = \"SA\"`, `id_token = { audience, impersonate }` or `action = \"deny\" | \"passthrough\"`",
+        ));
+    }
+    let credential_keys = !r.delegates.is_empty()
+        || !r.scopes.is_empty()
+        || r.lifetime.is_some()
+        || r.quota_project.is_some()
+        || r.warm;
+    let action = if let Some(target) = &r.impersonate {
+        let lifetime = match &r.lifetime {
+            None => DEFAULT_LIFETIME,
+            Some(s) => {
+                let d = parse_duration(s).map_err(|m| ConfigError::invalid(key("lifetime"), m))?;
+                if d > MAX_LIFETIME || d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                    return Err(ConfigError::invalid(
+                        key("lifetime"),
+                        format!("`{s}` must be whole seconds between 1s and 43200s (IAM allows more than 3600s only where the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension permits)"),
+                    ));
+                }
+                d
+            }
+        };
+        let request = TokenRequest::access_token(target, &r.delegates, &r.scopes, lifetime)
+            .map_err(|e| ConfigError::invalid(key("impersonate"), e.to_string()))?;
+        ActionSpec::Inject {
+            request,
+            authorization: r.authorization,
+            quota_project: r.quota_project.clone(),
+            warm: r.warm,
+        }
+    } else if let Some(id) = &r.id_token {
+        if !r.scopes.is_empty() || r.lifetime.is_some() || !r.delegates.is_empty() {
+            return Err(ConfigError::invalid(
+                key("id_token"),
+                "an ID token route takes its delegates inside id_token = { … }; scopes and lifetime do not apply",
+            ));
+        }
+        let request = TokenRequest::id_token(&id.impersonate, &id.delegates, &id.audience)
+            .map_err(|e| ConfigError::invalid(key("id_token"), e.to_string()))?;
+        ActionSpec::Inject {
+            request,
+            authorization: r.authorization,
+            quota_project: r.quota_project.clone(),
+            warm: r.warm,
+        }
+    } else {
+        if credential_keys {
+            return Err(ConfigError::invalid(
+                key("action"),
+                "delegates, scopes, lifetime, quota_project and warm only apply to impersonate / id_token routes",
+            ));
+        }
+        match r.action {
+            Some(RouteActionConfig::Deny) => ActionSpec::Deny,
+            _ => ActionSpec::Passthrough,
+        }
+    };
+    if let ActionSpec::Inject {
+        quota_project: Some(q),
+        ..
+    } = &action
+    {
+        if HeaderValue::from_str(q).is_err() || q.is_empty() {
+            return Err(ConfigError::invalid(
+                key("quota_project"),
+                format!("`{q}` is not a project ID"),
+            ));
+        }
+    }
+    Ok(RuleSpec {
+        name: r.name.clone(),
+        hosts,
+        path_prefix: r.path_prefix.clone(),
+        methods,
+        clients: r.clients.clone(),
+        action,
+    })
+}
+
+impl RouteTable {
+    /// Builds the table; each injecting route gets its slot from the
+    /// registry (routes asking for the same token share one).
+    pub fn build(specs: &[RuleSpec], registry: &Registry) -> RouteTable {
+        let mut routes = Vec::with_capacity(specs.len());
+        let mut exact = HostMap::default();
+        let mut suffix = HostMap::default();
+        let mut suffix_labels = 0u64;
+        for (i, spec) in specs.iter().enumerate() {
+            let idx = u32::try_from(i).expect("fewer than 2^32 routes");
+            for h in &spec.hosts {
+                match h {
+                    HostPattern::Exact(name) => {
+                        exact.entry(name.as_str().into()).or_default().push(idx)
+                    }
+                    HostPattern::Suffix(sfx) => {
+                        let labels = sfx.matches('.').count().min(63);
+                        suffix_labels |= 1 << labels;
+                        suffix.entry(sfx.as_str().into()).or_default().push(idx);
+                    }
+                }
+            }
+            let action = match &spec.action {
+                ActionSpec::Inject {
+                    request,
+                    authorization,
+                    quota_project,
+                    warm,
+                } => Action::Inject {
+                    slot: registry.slot(request.clone(), *warm),
+                    authorization: *authorization,
+                    quota_project: quota_project
+                        .as_deref()
+                        .and_then(|q| HeaderValue::from_str(q).ok()),
+                },
+                ActionSpec::Passthrough => Action::Passthrough,
+                ActionSpec::Deny => Action::Deny,
+            };
+            routes.push(Route {
+                name: spec.name.as_str().into(),
+                path_prefix: spec.path_prefix.as_deref().map(Into::into),
+                methods: spec.methods.clone(),
+                action,
+            });
+        }
+        for v in exact.values_mut().chain(suffix.values_mut()) {
+            v.dedup();
+        }
+        RouteTable {
+            routes,
+            exact,
+            suffix,
+            suffix_labels,
+        }
+    }
+
+    /// The first route matching `host` (normalized), `method` and `path`
+    /// (without query). No allocation, no lock.
+    #[inline]
+    pub fn find(&self, host: &str, method: &Method, path: &str) -> Option<&Route> {
+        let mut best = u32::MAX;
+        if let Some(list) = self.exact.get(host) {
+            best = self.first_in(list, best, method, path);
+        }
+        if self.suffix_labels != 0 {
+            // Every proper suffix starting at a dot: ".b.c", ".c" of "a.b.c".
+            let mut labels = host.matches('.').count();
+            for (pos, _) in host.match_indices('.') {
+                if self.suffix_labels & (1 << labels.min(63)) != 0 {
+                    if let Some(list) = self.suffix.get(&host[pos..]) {
+                        best = self.first_in(list, best, method, path);
+                    }
+                }
+                labels -= 1;
+            }
+        }
+        self.routes.get(best as usize)
+    }
+
+    #[inline]
+    fn first_in(&self, list: &[u32], best: u32, method: &Method, path: &str) -> u32 {
+        for &i in list {
+            if i >= best {
+                break;
+            }
+            if self.routes[i as usize].matches_rest(method, path) {
+                return i;
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests;

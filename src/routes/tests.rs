@@ -1,0 +1,160 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::*;
+use crate::google::{CredentialError, Mint, Token};
+
+struct NeverMint;
+
+impl Mint for NeverMint {
+    fn mint<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async { panic!("routing tests never mint") })
+    }
+}
+
+fn table(toml: &str) -> RouteTable {
+    let cfg = Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
+    let specs = compile_rules(&cfg).unwrap();
+    RouteTable::build(&specs, &Registry::new(Arc::new(NeverMint)))
+}
+
+fn name<'a>(t: &'a RouteTable, host: &str, method: &str, path: &str) -> Option<&'a str> {
+    t.find(host, &method.parse().unwrap(), path)
+        .map(|r| &*r.name)
+}
+
+#[tokio::test]
+async fn first_match_wins_across_exact_and_suffix_hosts() {
+    let t = table(
+        r#"
+[[route]]
+name = "wild-get"
+hosts = ["*.googleapis.com"]
+methods = ["get"]
+action = "passthrough"
+[[route]]
+name = "storage"
+hosts = ["storage.googleapis.com"]
+action = "passthrough"
+[[route]]
+name = "rest"
+hosts = ["*.googleapis.com"]
+action = "deny"
+"#,
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/"),
+        Some("wild-get")
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "POST", "/"),
+        Some("storage")
+    );
+    assert_eq!(name(&t, "pubsub.googleapis.com", "POST", "/"), Some("rest"));
+    assert_eq!(name(&t, "a.b.googleapis.com", "POST", "/"), Some("rest"));
+    assert_eq!(name(&t, "googleapis.com", "GET", "/"), None);
+    assert_eq!(name(&t, "example.com", "GET", "/"), None);
+}
+
+#[tokio::test]
+async fn path_prefix_matches_whole_segments() {
+    let t = table(
+        r#"
+[[route]]
+name = "b"
+hosts = ["storage.googleapis.com"]
+path_prefix = "/storage/v1/b"
+action = "passthrough"
+"#,
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/storage/v1/b"),
+        Some("b")
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/storage/v1/b/x/o"),
+        Some("b")
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/storage/v1/bx"),
+        None
+    );
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/storage/v1"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn routes_asking_for_the_same_token_share_a_slot() {
+    let t = table(
+        r#"
+[[route]]
+name = "a"
+hosts = ["storage.googleapis.com"]
+impersonate = "r@p.iam.gserviceaccount.com"
+[[route]]
+name = "b"
+hosts = ["pubsub.googleapis.com"]
+impersonate = "projects/-/serviceAccounts/r@p.iam.gserviceaccount.com"
+"#,
+    );
+    let slot = |host| match &t.find(host, &http::Method::GET, "/").unwrap().action {
+        Action::Inject { slot, .. } => slot.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        slot("storage.googleapis.com").request(),
+        slot("pubsub.googleapis.com").request()
+    );
+}
+
+#[test]
+fn bad_rules_name_the_route_and_the_key() {
+    let bad = |toml: &str, needle: &str| {
+        let err = Config::parse(std::path::Path::new("t.toml"), toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    };
+    bad(
+        "[[route]]\nname = \"x\"\nhosts = [\"a.googleapis.com\"]\n",
+        "route[0].action",
+    );
+    bad(
+        "[[route]]\nname = \"x\"\nhosts = [\"a.googleapis.com\"]\nimpersonate = \"a@p.iam.gserviceaccount.com\"\nlifetime = \"50000s\"\n",
+        "43200s",
+    );
+    bad(
+        "[[route]]\nname = \"x\"\nhosts = [\"a.googleapis.com\"]\naction = \"deny\"\nscopes = [\"s\"]\n",
+        "only apply",
+    );
+    bad(
+        "[[route]]\nname = \"x\"\nhosts = [\"a.googleapis.com\"]\naction = \"deny\"\n[[route]]\nname = \"x\"\nhosts = [\"b.googleapis.com\"]\naction = \"deny\"\n",
+        "unique",
+    );
+    bad(
+        "[[route]]\nname = \"x\"\nhosts = [\"a.googleapis.com\"]\npath_prefix = \"nope\"\naction = \"deny\"\n",
+        "path_prefix",
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_rules_still_find_the_right_one() {
+    let mut toml = String::new();
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            toml.push_str(&format!("[[route]]\nname = \"r{i}\"\nhosts = [\"h{i}.googleapis.com\"]\naction = \"passthrough\"\n"));
+        } else {
+            toml.push_str(&format!("[[route]]\nname = \"r{i}\"\nhosts = [\"*.s{i}.example.com\"]\naction = \"passthrough\"\n"));
+        }
+    }
+    let t = table(&toml);
+    assert_eq!(name(&t, "h998.googleapis.com", "GET", "/"), Some("r998"));
+    assert_eq!(name(&t, "x.s999.example.com", "GET", "/"), Some("r999"));
+    assert_eq!(name(&t, "h999.googleapis.com", "GET", "/"), None);
+}
