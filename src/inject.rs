@@ -12,11 +12,11 @@ use crate::routes::Action;
 use crate::tokens::{Slot, Unavailable};
 
 /// The quota/billing project header Google APIs read.
-pub(crate) static X_GOOG_USER_PROJECT: HeaderName = HeaderName::from_static("x-goog-user-project");
+pub static X_GOOG_USER_PROJECT: HeaderName = HeaderName::from_static("x-goog-user-project");
 
 /// What became of a request's headers.
 #[derive(Debug)]
-pub(crate) enum Outcome<'a> {
+pub enum Outcome<'a> {
     /// Ready to forward (credential attached, or none needed).
     Forward,
     /// The route refuses the request.
@@ -30,7 +30,7 @@ pub(crate) enum Outcome<'a> {
 
 /// Applies `action` to `headers`.
 #[inline]
-pub(crate) fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
+pub fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
     match action {
         Action::Inject {
             slot,
@@ -51,7 +51,7 @@ pub(crate) fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<
 
 /// Sets `Authorization` (per the route's policy) and `x-goog-user-project`.
 #[inline]
-pub(crate) fn attach(
+pub fn attach(
     headers: &mut HeaderMap,
     token: HeaderValue,
     policy: AuthorizationPolicy,

@@ -24,11 +24,15 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// What a matched route does with a request.
 #[derive(Debug)]
-pub(crate) enum Action {
+#[non_exhaustive]
+pub enum Action {
     /// Attach a token from the slot.
     Inject {
+        /// Where the token comes from.
         slot: Slot,
+        /// What happens to a client's own `Authorization`.
         authorization: AuthorizationPolicy,
+        /// `x-goog-user-project`, if the route sets one.
         quota_project: Option<HeaderValue>,
     },
     /// Forward untouched.
@@ -55,10 +59,12 @@ impl Action {
 
 /// One compiled rule.
 #[derive(Debug)]
-pub(crate) struct Route {
+pub struct Route {
+    /// The rule's name.
     pub name: Arc<str>,
     path_prefix: Option<Box<str>>,
     methods: Vec<Method>,
+    /// What it does.
     pub action: Action,
 }
 
@@ -118,8 +124,8 @@ impl std::hash::Hasher for FxHasher {
 
 type HostMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
 
-/// The rule table.
-pub(crate) struct RouteTable {
+/// The rule table, built once per config.
+pub struct RouteTable {
     routes: Vec<Route>,
     /// Exact host → indices of routes naming it, ascending.
     exact: HostMap,
