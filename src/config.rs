@@ -407,7 +407,7 @@ fn default_max_connections() -> usize {
 }
 
 /// Parses durations such as `"10s"`, `"90s"`, `"1m 30s"` or `"3600s"`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"10s\" or \"5m\""))
 }

@@ -5,6 +5,7 @@
 mod audit;
 pub mod ca;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod forward;
 pub mod google;

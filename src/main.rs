@@ -23,8 +23,48 @@ enum Command {
     /// Serve the proxy.
     Run {
         /// The config file (TOML).
+        #[arg(
+            long,
+            required_unless_present = "impersonate",
+            conflicts_with = "impersonate"
+        )]
+        config: Option<PathBuf>,
+        /// Zero-config: ADC as the source, every *.googleapis.com request as
+        /// this service account, the CA from certs/.
+        #[arg(long, value_name = "SA_EMAIL")]
+        impersonate: Option<String>,
+        /// Listen address with --impersonate.
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "impersonate")]
+        listen: std::net::SocketAddr,
+    },
+    /// Offline end-to-end demo: emulated Google APIs, the proxy, and a few
+    /// requests through it; then serves until Ctrl-C.
+    Demo {
+        /// Where the demo proxy listens (an ephemeral port if taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print an impersonated token, like `gcloud auth print-access-token
+    /// --impersonate-service-account`.
+    Token {
+        /// The target service account.
+        #[arg(long, value_name = "SA_EMAIL")]
+        impersonate: String,
+        /// Delegate chain, comma-separated, in order.
+        #[arg(long, value_delimiter = ',')]
+        delegates: Vec<String>,
+        /// OAuth scopes, comma-separated (default cloud-platform).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Token lifetime, e.g. 3600s.
+        #[arg(long, default_value = "3600s")]
+        lifetime: String,
+        /// Print an ID token for this audience instead.
+        #[arg(long, value_name = "AUDIENCE")]
+        id_token: Option<String>,
+        /// Use [source] and [upstream] from this config (default: ADC).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Manage the local certificate authority.
     Ca {
@@ -61,19 +101,47 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging();
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Token { .. });
+    init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { dir, force },
         } => ca_init(&dir, force),
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config: Some(config),
+            ..
+        } => match load(&config) {
+            Ok(cfg) => run(cfg),
+            Err(code) => code,
+        },
+        Command::Run {
+            impersonate,
+            listen,
+            ..
+        } => run(zero_config(impersonate.unwrap_or_default(), listen)),
+        Command::Demo { listen } => demo(listen),
+        Command::Token {
+            impersonate,
+            delegates,
+            scopes,
+            lifetime,
+            id_token,
+            config,
+        } => token(
+            &impersonate,
+            &delegates,
+            &scopes,
+            &lifetime,
+            id_token.as_deref(),
+            config.as_deref(),
+        ),
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -128,23 +196,61 @@ fn check(path: &Path) -> ExitCode {
     );
     println!("intercept  {}", cfg.intercept.hosts.join(", "));
     println!("other      {:?}", cfg.intercept.other);
+    println!("source     {:?}", cfg.source.kind);
     for (host, addr) in &cfg.upstream.resolve {
         println!("resolve    {host} -> {addr}");
+    }
+    let rules = impersonate_proxy::routes::compile_rules(&cfg).unwrap_or_default();
+    if rules.is_empty() {
+        println!("routes     none: every intercepted request is denied (403) until a [[route]] matches it");
+    } else {
+        println!("routes     (first match wins)");
+        for (i, rule) in rules.iter().enumerate() {
+            println!("  {:>3}. {rule}", i + 1);
+        }
     }
     ExitCode::SUCCESS
 }
 
-fn run(path: &Path) -> ExitCode {
-    let cfg = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
+        .map_err(|e| fail(1, format!("cannot start the async runtime: {e}")))
+}
+
+/// `run --impersonate SA`: ADC source, one route for every Google API
+/// host, the CA under certs/.
+fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
+    use impersonate_proxy::config::RouteConfig;
+    let mut cfg = Config::default();
+    cfg.proxy.listen = listen;
+    cfg.routes.push(RouteConfig {
+        name: "impersonate".into(),
+        hosts: vec!["*.googleapis.com".into()],
+        path_prefix: None,
+        methods: vec![],
+        clients: vec![],
+        impersonate: Some(sa),
+        delegates: vec![],
+        scopes: vec![],
+        lifetime: None,
+        quota_project: None,
+        id_token: None,
+        action: None,
+        authorization: Default::default(),
+        warm: true,
+    });
+    cfg
+}
+
+fn run(cfg: Config) -> ExitCode {
+    if let Err(e) = cfg.validate() {
+        return fail(2, e);
+    }
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     rt.block_on(async {
         let proxy = match Proxy::bind(&cfg).await {
@@ -152,13 +258,80 @@ fn run(path: &Path) -> ExitCode {
             Err(e) if e.is_config() => return fail(2, e),
             Err(e) => return fail(1, e),
         };
-        eprintln!(
-            "impersonate-proxy listening on http://{}",
-            proxy.local_addr()
-        );
+        let addr = proxy.local_addr();
+        eprintln!("impersonate-proxy listening on http://{addr}");
+        print_exports(addr, &cfg.ca.cert);
         proxy.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The lines a user pastes into the shell of the program to proxy.
+fn print_exports(addr: std::net::SocketAddr, ca: &Path) {
+    let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
+    let ca = ca.display();
+    println!("# Paste into the shell of the program to run through the proxy:");
+    println!("export HTTPS_PROXY=http://{addr}");
+    println!("export REQUESTS_CA_BUNDLE={ca}");
+    println!("export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={ca}");
+    println!("export NODE_EXTRA_CA_CERTS={ca}");
+    println!("export CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE={ca}");
+    println!("export SSL_CERT_FILE={ca}");
+}
+
+fn demo(listen: std::net::SocketAddr) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let opts = impersonate_proxy::demo::DemoOptions {
+        listen,
+        ..Default::default()
+    };
+    match rt.block_on(impersonate_proxy::demo::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+fn token(
+    sa: &str,
+    delegates: &[String],
+    scopes: &[String],
+    lifetime: &str,
+    id_token: Option<&str>,
+    config: Option<&Path>,
+) -> ExitCode {
+    use impersonate_proxy::google::{mint_once, TokenRequest};
+    let cfg = match config {
+        Some(p) => match load(p) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
+        None => Config::default(),
+    };
+    let request = match id_token {
+        Some(aud) => TokenRequest::id_token(sa, delegates, aud),
+        None => match impersonate_proxy::config::parse_duration(lifetime) {
+            Ok(d) => TokenRequest::access_token(sa, delegates, scopes, d),
+            Err(m) => return fail(2, format!("--lifetime: {m}")),
+        },
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return fail(2, e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(mint_once(&cfg, &request)) {
+        Ok(token) => {
+            println!("{}", token.expose_secret());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

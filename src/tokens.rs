@@ -269,7 +269,16 @@ async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
             }
             Err(e) => {
                 let e = Arc::new(e);
-                tracing::warn!(target_principal = %target, error = %e, "token mint failed");
+                // Warn when the cause changes; a retry that fails the same
+                // way again is only worth a debug line.
+                let repeat = last_error
+                    .as_ref()
+                    .is_some_and(|prev| prev.to_string() == e.to_string());
+                if repeat {
+                    tracing::debug!(target_principal = %target, error = %e, "token mint failed again");
+                } else {
+                    tracing::warn!(target_principal = %target, error = %e, "token mint failed");
+                }
                 last_error = Some(e.clone());
                 let retry_at = Instant::now() + backoff.next_delay();
                 match current.clone() {

@@ -1,0 +1,102 @@
+//! `impersonate-proxy demo` as a user runs it: a subprocess that prints
+//! its table, serves curl, and exits cleanly on Ctrl-C (SIGINT).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[cfg(unix)]
+#[test]
+fn demo_prints_its_table_serves_curl_and_exits_on_sigint() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let curl_line = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("demo did not finish its table:\n{}", out.join("\n")));
+        out.push(line.clone());
+        if line.trim_start().starts_with("curl ") {
+            break line;
+        }
+    };
+    let text = out.join("\n");
+    let row = |n: &str| {
+        out.iter()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .unwrap_or_else(|| panic!("no row {n} in:\n{text}"))
+            .clone()
+    };
+    assert!(
+        row("1").contains("gcs-reader@")
+            && row("1").contains("minted")
+            && row("1").ends_with("200"),
+        "{text}"
+    );
+    assert!(
+        row("2").contains("HTTP/2") && row("2").contains("reused") && row("2").ends_with("200"),
+        "{text}"
+    );
+    assert!(
+        row("3").contains("gcs-writer@") && row("3").ends_with("200"),
+        "{text}"
+    );
+    assert!(row("4").ends_with("403"), "{text}");
+    assert!(row("5").ends_with("503"), "{text}");
+    assert!(
+        text.contains("Permission 'iam.serviceAccounts.getAccessToken' denied"),
+        "{text}"
+    );
+
+    // The printed curl line works as printed.
+    let args: Vec<&str> = curl_line.split_whitespace().skip(1).collect();
+    let got = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(&args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .expect("curl is installed");
+    let body = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.status.success(),
+        "{body} {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(
+        body.contains("gcs-reader@demo-project.iam.gserviceaccount.com"),
+        "{body}"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "demo did not exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
