@@ -77,6 +77,46 @@ pub struct Config {
     /// `[[route]]`: the rules, first match wins.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[[client]]`: who may use the proxy.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// One `[[client]]`: a request is this client if it comes from one of
+/// `cidrs` (when given) and carries `proxy_auth` (when given).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Shown in audit records and metrics; routes select with `clients`.
+    pub name: String,
+    /// Source address ranges, e.g. `"10.8.0.0/16"`.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// `Proxy-Authorization: Basic` credentials.
+    #[serde(default)]
+    pub proxy_auth: Option<ProxyAuthConfig>,
+}
+
+/// `proxy_auth = { user, password_file }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyAuthConfig {
+    /// The Basic user name.
+    pub user: String,
+    /// A file holding the password (owner-only); the config never does.
+    pub password_file: PathBuf,
+}
+
+/// Parses a CIDR or a bare address (a /32 or /128).
+pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet, ConfigError> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::invalid(
+                key,
+                format!("`{s}` is not a CIDR (e.g. \"10.8.0.0/16\") or an IP address"),
+            )
+        })
 }
 
 /// `[audit]`
@@ -195,11 +235,16 @@ pub struct ProxyConfig {
     /// shutdown signal.
     #[serde(default = "default_drain", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// Serve anyone who can reach a non-loopback `listen` address, without
+    /// `[[client]]` entries. Off unless set explicitly.
+    #[serde(default)]
+    pub allow_any_client: bool,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            allow_any_client: false,
             listen: default_listen(),
             drain_timeout: default_drain(),
         }
@@ -324,11 +369,28 @@ pub struct InterceptConfig {
     /// What happens to a CONNECT for any other host.
     #[serde(default)]
     pub other: OtherHosts,
+    /// Ports an intercepted host may be CONNECTed on.
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    /// Private, loopback or link-local ranges (CIDRs) that `other =
+    /// "tunnel"` may reach; all others are refused.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// Allow CONNECT to an IP address instead of a host name (tunnel only).
+    #[serde(default)]
+    pub allow_ip_literals: bool,
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![443]
 }
 
 impl Default for InterceptConfig {
     fn default() -> Self {
         InterceptConfig {
+            ports: default_ports(),
+            allow_private: Vec::new(),
+            allow_ip_literals: false,
             hosts: default_intercept_hosts(),
             other: OtherHosts::default(),
         }
@@ -539,6 +601,11 @@ impl Config {
         if let Some(p) = self.audit.file.as_mut() {
             fix(p);
         }
+        for c in &mut self.clients {
+            if let Some(a) = c.proxy_auth.as_mut() {
+                fix(&mut a.password_file);
+            }
+        }
     }
 
     /// Checks the values that parse but are not allowed.
@@ -550,7 +617,17 @@ impl Config {
             ));
         }
         self.intercept_patterns()?;
+        self.validate_clients()?;
         crate::routes::compile_rules(self)?;
+        for (i, c) in self.intercept.allow_private.iter().enumerate() {
+            parse_cidr(&format!("intercept.allow_private[{i}]"), c)?;
+        }
+        if self.intercept.ports.is_empty() || self.intercept.ports.contains(&0) {
+            return Err(ConfigError::invalid(
+                "intercept.ports",
+                "list the ports intercepted hosts may be reached on, e.g. [443]",
+            ));
+        }
         for host in self.upstream.resolve.keys() {
             HostPattern::parse(&format!("upstream.resolve.\"{host}\""), host)?;
         }
@@ -599,6 +676,45 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than 0s"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.name.trim().is_empty() || !names.insert(c.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("client[{i}].name"),
+                    format!("`{}` must be non-empty and unique", c.name),
+                ));
+            }
+            if c.cidrs.is_empty() && c.proxy_auth.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("client[{i}] (\"{}\")", c.name),
+                    "needs `cidrs`, `proxy_auth`, or both: a client that matches everyone would make the list pointless",
+                ));
+            }
+            for (j, cidr) in c.cidrs.iter().enumerate() {
+                parse_cidr(&format!("client[{i}].cidrs[{j}]"), cidr)?;
+            }
+            if let Some(a) = &c.proxy_auth {
+                if a.user.is_empty() || a.user.contains(':') {
+                    return Err(ConfigError::invalid(
+                        format!("client[{i}].proxy_auth.user"),
+                        "must be non-empty and hold no `:`",
+                    ));
+                }
+            }
+        }
+        let ip = self.proxy.listen.ip();
+        if !ip.is_loopback() && self.clients.is_empty() && !self.proxy.allow_any_client {
+            return Err(ConfigError::invalid(
+                "proxy.listen",
+                format!(
+                    "{ip} is reachable from other machines, and whoever reaches the proxy acts as its target service accounts; add [[client]] entries (cidrs and/or proxy_auth), or set [proxy] allow_any_client = true if that is really intended"
+                ),
+            ));
         }
         Ok(())
     }

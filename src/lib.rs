@@ -4,6 +4,7 @@
 
 mod audit;
 pub mod ca;
+mod clients;
 pub mod config;
 pub mod demo;
 pub mod emulator;

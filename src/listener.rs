@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::header::{self, HeaderValue};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::clients::Refusal;
 use crate::forward::ProxyBody;
 use crate::idle::{Activity, InFlight};
 use crate::proxy::Shared;
@@ -103,15 +105,25 @@ async fn dispatch(
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
+    let client = match shared
+        .clients
+        .identify(peer.ip(), req.headers().get(header::PROXY_AUTHORIZATION))
+    {
+        Ok(c) => c,
+        Err(refusal) => return proxy_auth_required(refusal),
+    };
     if req.method() == Method::CONNECT {
-        return tunnel::connect(shared, peer, permit, req).await;
+        return tunnel::connect(shared, peer, client, permit, req).await;
     }
     let uri = req.uri();
     match (uri.scheme(), uri.authority()) {
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
             let port = a.port_u16().unwrap_or(80);
             let host = crate::config::normalize_host(a.host());
-            if !shared.intercepts(&host) && shared.other == crate::config::OtherHosts::Deny {
+            if !shared.intercepts(&host) {
+                // Plain http to other hosts is never proxied, even with
+                // other = "tunnel": it would let a client reach internal
+                // addresses (the metadata server) through us.
                 return tunnel::not_intercepted(&host);
             }
             let target = match Target::new(Scheme::HTTP, &host, port) {
@@ -120,6 +132,7 @@ async fn dispatch(
             };
             let origin = Arc::new(Origin {
                 client: peer,
+                client_id: client,
                 target,
                 misdirected_sni: None,
             });
@@ -134,4 +147,19 @@ async fn dispatch(
             "this is impersonate-proxy, a forward proxy: send CONNECT host:443 (set HTTPS_PROXY=http://<this address>) or an absolute-form http:// request",
         ),
     }
+}
+
+/// 407 with the challenge that makes curl, gcloud, gRPC and Java clients
+/// send their `Proxy-Authorization: Basic` credentials.
+fn proxy_auth_required(refusal: Refusal) -> Response<ProxyBody> {
+    let message = match refusal {
+        Refusal::NoCredentials => "this proxy serves only configured [[client]] identities: send Proxy-Authorization: Basic (e.g. HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT) from an allowed address",
+        Refusal::BadCredentials => "Proxy-Authorization does not match any [[client]] allowed from this address",
+    };
+    let mut resp = reply::error(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+    resp.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"impersonate-proxy\""),
+    );
+    resp
 }

@@ -18,7 +18,10 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditSink;
 use crate::ca::{CaError, CertAuthority};
-use crate::config::{normalize_host, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts};
+use crate::clients::{ClientError, Clients};
+use crate::config::{
+    normalize_host, parse_cidr, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts,
+};
 use crate::forward::{Upstream, UpstreamSetupError};
 use crate::google::{CredentialError, Mint, Token, TokenRequest};
 use crate::routes::{compile_rules, RouteTable};
@@ -37,6 +40,9 @@ pub enum StartError {
     /// The upstream client could not be built (e.g. a bad `extra_ca`).
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    /// A `[[client]]` password file is missing, empty or too open.
+    #[error(transparent)]
+    Clients(#[from] ClientError),
     /// The audit file could not be opened.
     #[error("[audit] file: {0}")]
     Audit(std::io::Error),
@@ -62,6 +68,10 @@ impl StartError {
 pub(crate) struct Shared {
     pub intercept: Vec<HostPattern>,
     pub other: OtherHosts,
+    pub intercept_ports: Vec<u16>,
+    pub allow_private: Vec<ipnet::IpNet>,
+    pub allow_ip_literals: bool,
+    pub clients: Clients,
     pub limits: LimitsConfig,
     pub resolve: BTreeMap<String, SocketAddr>,
     pub connect_timeout: Duration,
@@ -105,6 +115,7 @@ impl Proxy {
     pub async fn bind(cfg: &Config) -> Result<Proxy, StartError> {
         cfg.validate()?;
         let specs = compile_rules(cfg)?;
+        let clients = Clients::load(cfg)?;
         let ca = CertAuthority::load(&cfg.ca.cert, &cfg.ca.key)?;
         let upstream = Upstream::new(&cfg.upstream)?;
         let registry = registry_for(cfg);
@@ -136,6 +147,15 @@ impl Proxy {
         let shared = Shared {
             intercept: cfg.intercept_patterns()?,
             other: cfg.intercept.other,
+            intercept_ports: cfg.intercept.ports.clone(),
+            allow_private: cfg
+                .intercept
+                .allow_private
+                .iter()
+                .filter_map(|c| parse_cidr("", c).ok())
+                .collect(),
+            allow_ip_literals: cfg.intercept.allow_ip_literals,
+            clients,
             resolve: cfg
                 .upstream
                 .resolve

@@ -12,6 +12,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::audit::Record;
+use crate::clients::ClientId;
 use crate::config::{normalize_host, AuthorizationPolicy};
 use crate::forward::{stream_body, ProxyBody};
 use crate::google::CredentialError;
@@ -86,6 +87,8 @@ impl Target {
 pub(crate) struct Origin {
     /// The client's address.
     pub client: SocketAddr,
+    /// The `[[client]]` it was attributed to, if clients are configured.
+    pub client_id: Option<ClientId>,
     /// The target every request on this connection goes to.
     pub target: Target,
     /// Set when the TLS SNI named another host than the CONNECT authority:
@@ -102,12 +105,14 @@ pub(crate) async fn handle(
     guard: InFlight,
 ) -> Response<ProxyBody> {
     let mut record = shared.audit.enabled().then(|| {
-        Record::new(
+        let mut r = Record::new(
             origin.client,
             req.method(),
             &origin.target.host,
             req.uri().path(),
-        )
+        );
+        r.client_name = origin.client_id.as_ref().map(|c| c.name.clone());
+        r
     });
     let resp = route_and_forward(&shared, &origin, req, record.as_mut()).await;
     let audit = record.map(|mut r| {

@@ -3,7 +3,7 @@
 //! or refuse.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::clients::ClientId;
 use crate::config::{normalize_host, OtherHosts};
 use crate::forward::{full_body, ProxyBody};
 use crate::idle::{ActiveIo, Activity};
@@ -29,6 +30,7 @@ use crate::request::{self, Origin, Target};
 pub(crate) async fn connect(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    client: Option<ClientId>,
     permit: ConnPermit,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -38,6 +40,15 @@ pub(crate) async fn connect(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     if shared.intercepts(&host) {
+        if !shared.intercept_ports.contains(&port) {
+            return reply::error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "port {port} is not allowed for {host}; [intercept] ports = {:?}",
+                    shared.intercept_ports
+                ),
+            );
+        }
         let target = match Target::new(Scheme::HTTPS, &host, port) {
             Ok(t) => t,
             Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
@@ -46,7 +57,7 @@ pub(crate) async fn connect(
         shared.tasks.spawn(async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(up) => intercept(task_shared, peer, target, up).await,
+                Ok(up) => intercept(task_shared, peer, client, target, up).await,
                 Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -57,7 +68,8 @@ pub(crate) async fn connect(
     }
     let upstream = match dial(&shared, &host, port).await {
         Ok(s) => s,
-        Err(e) => {
+        Err(Dial::Refused(msg)) => return reply::error(StatusCode::FORBIDDEN, &msg),
+        Err(Dial::Failed(e)) => {
             return reply::error(
                 StatusCode::BAD_GATEWAY,
                 &format!("cannot connect to {host}:{port}: {e}"),
@@ -107,7 +119,13 @@ fn parse_authority(req: &Request<Incoming>) -> Result<(String, u16), String> {
     Ok((normalize_host(host), port))
 }
 
-async fn intercept(shared: Arc<Shared>, peer: SocketAddr, target: Target, upgraded: Upgraded) {
+async fn intercept(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    client_id: Option<ClientId>,
+    target: Target,
+    upgraded: Upgraded,
+) {
     let handshake_timeout = shared.limits.header_read_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
@@ -150,6 +168,7 @@ async fn intercept(shared: Arc<Shared>, peer: SocketAddr, target: Target, upgrad
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin = Arc::new(Origin {
         client: peer,
+        client_id,
         target,
         misdirected_sni,
     });
@@ -198,21 +217,94 @@ async fn intercept(shared: Arc<Shared>, peer: SocketAddr, target: Target, upgrad
     }
 }
 
+enum Dial {
+    /// Egress policy says no.
+    Refused(String),
+    /// The connection could not be made.
+    Failed(std::io::Error),
+}
+
 /// Opens the TCP connection for a spliced tunnel, through the same
-/// `[upstream.resolve]` map as every other outbound connection.
-async fn dial(shared: &Shared, host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let connect = async {
-        if let Some(addr) = shared.resolve.get(host) {
-            return TcpStream::connect(*addr).await;
+/// `[upstream.resolve]` map as every other outbound connection. The policy
+/// is decided on the resolved addresses, and the connection goes to exactly
+/// those addresses, so DNS cannot smuggle in a private target.
+async fn dial(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Dial> {
+    let literal = host.parse::<IpAddr>().ok();
+    if literal.is_some() && !shared.allow_ip_literals {
+        return Err(Dial::Refused(format!(
+            "CONNECT to the IP address {host} is refused; use a host name, or set [intercept] allow_ip_literals = true"
+        )));
+    }
+    let addrs: Vec<SocketAddr> = if let Some(addr) = shared.resolve.get(host) {
+        vec![*addr]
+    } else if let Some(ip) = literal {
+        vec![SocketAddr::new(ip, port)]
+    } else {
+        match tokio::time::timeout(
+            shared.connect_timeout,
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(Dial::Failed(e)),
+            Err(_) => {
+                return Err(Dial::Failed(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "DNS lookup timed out",
+                )))
+            }
         }
-        TcpStream::connect((host, port)).await
     };
+    if let Some(bad) = addrs.iter().find(|a| !egress_allowed(shared, a.ip())) {
+        return Err(Dial::Refused(format!(
+            "{host} resolves to {}, a private, loopback or link-local address; tunnels to those are refused unless listed in [intercept] allow_private",
+            bad.ip()
+        )));
+    }
+    let connect = TcpStream::connect(&addrs[..]);
     match tokio::time::timeout(shared.connect_timeout, connect).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
+        Ok(r) => r.map_err(Dial::Failed),
+        Err(_) => Err(Dial::Failed(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "connect timed out",
-        )),
+        ))),
+    }
+}
+
+fn egress_allowed(shared: &Shared, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    !is_internal(ip) || shared.allow_private.iter().any(|n| n.contains(&ip))
+}
+
+/// Addresses a tunnel must not reach by default: loopback, private,
+/// link-local (169.254.0.0/16 holds the metadata server), shared (CGNAT),
+/// unspecified, multicast and reserved ranges.
+pub(crate) fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 

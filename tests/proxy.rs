@@ -159,7 +159,7 @@ async fn spliced_tunnel_carries_bytes_both_ways() {
     });
     let (cfg, dir) = config_with_ca(
         "splice",
-        &format!("[intercept]\nother = \"tunnel\"\n[upstream.resolve]\n\"echo.example.test\" = \"{echo_addr}\"\n"),
+        &format!("[intercept]\nother = \"tunnel\"\nallow_private = [\"127.0.0.1/32\"]\n[upstream.resolve]\n\"echo.example.test\" = \"{echo_addr}\"\n"),
     );
     let proxy = start_proxy(cfg, dir).await;
     let (mut s, head) = raw_connect(proxy.addr, "echo.example.test:7").await;
@@ -361,4 +361,40 @@ async fn shutdown_lets_an_in_flight_streaming_response_finish() {
     let drained = w.proxy.stop().await;
     assert_eq!(reader.await.unwrap(), 20 * 1024);
     assert!(drained);
+}
+
+#[tokio::test]
+async fn tunnels_never_reach_internal_addresses_unless_allowed() {
+    let (cfg, dir) = config_with_ca(
+        "egress",
+        "[intercept]\nother = \"tunnel\"\n[upstream.resolve]\n\"sneaky.example.test\" = \"127.0.0.1:22\"\n\"meta.example.test\" = \"169.254.169.254:80\"\n",
+    );
+    let proxy = start_proxy(cfg, dir).await;
+    for (target, needle) in [
+        ("sneaky.example.test:22", "127.0.0.1"),
+        ("meta.example.test:80", "169.254.169.254"),
+        ("localhost:22", "127.0.0.1"),
+        ("10.1.2.3:443", "IP address"),
+        ("[::1]:443", "IP address"),
+    ] {
+        let (mut s, head) = raw_connect(proxy.addr, target).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
+        let body = read_body(&mut s, &head).await;
+        assert!(body.contains(needle), "{target}: {body}");
+    }
+    // Plain http to a host that is not intercepted is never proxied.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET http://169.254.169.254/computeMetadata/v1/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test]
+async fn intercepted_hosts_only_on_allowed_ports() {
+    let w = world("ports", "").await;
+    let (_, head) = raw_connect(w.proxy.addr, "storage.googleapis.com:8443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }

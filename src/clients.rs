@@ -1,0 +1,320 @@
+//! Who may use the proxy: `[[client]]` entries matched on the source
+//! address and/or `Proxy-Authorization: Basic`. A request is attributed to
+//! the first client it satisfies; with entries configured, a request that
+//! satisfies none gets 407.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use http::HeaderValue;
+use ipnet::IpNet;
+use ring::digest::{digest, Digest, SHA256};
+
+use crate::config::{parse_cidr, Config};
+
+/// A client entry could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The password file could not be read.
+    #[error("client \"{client}\": password_file {path}: {source}")]
+    Read {
+        /// The client's name.
+        client: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The password file is readable by group or others.
+    #[error("client \"{client}\": password_file {path} is readable by group or others (mode {mode:o}); fix: chmod 600 {path}")]
+    TooOpen {
+        /// The client's name.
+        client: String,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The password file is empty.
+    #[error("client \"{client}\": password_file {path} is empty")]
+    Empty {
+        /// The client's name.
+        client: String,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The identity a request was attributed to.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ClientId {
+    /// Index into the `[[client]]` list (what routes match on).
+    pub index: u32,
+    /// The client's name (audit, metrics).
+    pub name: Arc<str>,
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+struct Client {
+    id: ClientId,
+    cidrs: Vec<IpNet>,
+    /// SHA-256 of `user:password`, compared in constant time.
+    basic: Option<Digest>,
+}
+
+/// The compiled `[[client]]` list.
+pub(crate) struct Clients {
+    clients: Vec<Client>,
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.clients.iter().map(|c| &c.id))
+            .finish()
+    }
+}
+
+/// Why a request is not attributed to any client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No credentials were sent and none of the source-address entries
+    /// matched.
+    NoCredentials,
+    /// Credentials were sent but match no client (wrong, malformed, or
+    /// from an address the client is not allowed at).
+    BadCredentials,
+}
+
+impl Clients {
+    /// Loads the list, reading (and checking the mode of) password files.
+    pub fn load(cfg: &Config) -> Result<Clients, ClientError> {
+        let mut clients = Vec::with_capacity(cfg.clients.len());
+        for (i, c) in cfg.clients.iter().enumerate() {
+            let cidrs = c
+                .cidrs
+                .iter()
+                .filter_map(|s| parse_cidr("", s).ok())
+                .collect();
+            let basic = match &c.proxy_auth {
+                None => None,
+                Some(a) => {
+                    let password = read_secret(&c.name, &a.password_file)?;
+                    let mut pair = Vec::with_capacity(a.user.len() + 1 + password.len());
+                    pair.extend_from_slice(a.user.as_bytes());
+                    pair.push(b':');
+                    pair.extend_from_slice(&password);
+                    Some(digest(&SHA256, &pair))
+                }
+            };
+            clients.push(Client {
+                id: ClientId {
+                    index: u32::try_from(i).expect("fewer than 2^32 clients"),
+                    name: c.name.as_str().into(),
+                },
+                cidrs,
+                basic,
+            });
+        }
+        Ok(Clients { clients })
+    }
+
+    /// The first client `peer` with `proxy_authorization` satisfies.
+    /// `Ok(None)` when no clients are configured.
+    pub fn identify(
+        &self,
+        peer: IpAddr,
+        proxy_authorization: Option<&HeaderValue>,
+    ) -> Result<Option<ClientId>, Refusal> {
+        if self.clients.is_empty() {
+            return Ok(None);
+        }
+        let presented = proxy_authorization
+            .and_then(basic_pair)
+            .map(|p| digest(&SHA256, &p));
+        let peer = canonical(peer);
+        for c in &self.clients {
+            let addr_ok = c.cidrs.is_empty() || c.cidrs.iter().any(|n| n.contains(&peer));
+            let auth_ok = match (&c.basic, &presented) {
+                (None, _) => true,
+                (Some(want), Some(got)) => same(want, got),
+                (Some(_), None) => false,
+            };
+            if addr_ok && auth_ok {
+                return Ok(Some(c.id.clone()));
+            }
+        }
+        if proxy_authorization.is_some() {
+            Err(Refusal::BadCredentials)
+        } else {
+            Err(Refusal::NoCredentials)
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack listeners) compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// `user:password` from `Basic base64(...)`, or `None` if malformed.
+fn basic_pair(v: &HeaderValue) -> Option<Vec<u8>> {
+    let s = v.to_str().ok()?.trim();
+    let (scheme, rest) = s.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+}
+
+/// Constant-time comparison of two SHA-256 digests (equal lengths by
+/// construction, so the length leaks nothing).
+fn same(a: &Digest, b: &Digest) -> bool {
+    let (a, b) = (a.as_ref(), b.as_ref());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a secret file, refusing one that group or others can read. A
+/// trailing newline (as `echo` writes) is not part of the secret.
+pub(crate) fn read_secret(client: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| ClientError::Read {
+            client: client.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ClientError::TooOpen {
+                client: client.to_owned(),
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    let mut bytes = std::fs::read(path).map_err(|source| ClientError::Read {
+        client: client.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(ClientError::Empty {
+            client: client.to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(toml: &str, dir: &Path) -> Clients {
+        let cfg = Config::parse(&dir.join("c.toml"), toml).unwrap();
+        Clients::load(&cfg).unwrap()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ip-clients-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn secret(dir: &Path, name: &str, value: &str, mode: u32) {
+        let p = dir.join(name);
+        std::fs::write(&p, value).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+
+    fn basic(user: &str, pass: &str) -> HeaderValue {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        HeaderValue::from_str(&format!("Basic {b}")).unwrap()
+    }
+
+    #[test]
+    fn first_satisfied_client_wins_by_address_and_password() {
+        let d = dir("match");
+        secret(&d, "batch.pw", "s3cret\n", 0o600);
+        let c = clients(
+            r#"
+[[client]]
+name = "batch"
+cidrs = ["10.8.0.0/16"]
+proxy_auth = { user = "batch", password_file = "batch.pw" }
+[[client]]
+name = "office"
+cidrs = ["192.168.1.0/24", "::1"]
+"#,
+            &d,
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let name = |r: Result<Option<ClientId>, Refusal>| r.map(|c| c.map(|c| c.name.to_string()));
+        assert_eq!(
+            name(c.identify(ip("10.8.1.2"), Some(&basic("batch", "s3cret")))),
+            Ok(Some("batch".into()))
+        );
+        assert_eq!(
+            name(c.identify(ip("10.8.1.2"), Some(&basic("batch", "wrong")))),
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            name(c.identify(ip("10.9.1.2"), Some(&basic("batch", "s3cret")))),
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            name(c.identify(ip("10.8.1.2"), None)),
+            Err(Refusal::NoCredentials)
+        );
+        assert_eq!(
+            name(c.identify(ip("192.168.1.7"), None)),
+            Ok(Some("office".into()))
+        );
+        assert_eq!(
+            name(c.identify(ip("::ffff:192.168.1.7"), None)),
+            Ok(Some("office".into()))
+        );
+        let junk = HeaderValue::from_static("Basic !!!not-base64!!!");
+        assert_eq!(
+            name(c.identify(ip("10.8.1.2"), Some(&junk))),
+            Err(Refusal::BadCredentials)
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_readable_password_file_is_refused() {
+        let d = dir("perm");
+        secret(&d, "pw", "x", 0o644);
+        let cfg = Config::parse(
+            &d.join("c.toml"),
+            "[[client]]\nname = \"a\"\nproxy_auth = { user = \"a\", password_file = \"pw\" }\n",
+        )
+        .unwrap();
+        let err = Clients::load(&cfg).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+}
