@@ -223,6 +223,18 @@ impl Emulator {
         }
     }
 
+    /// Every secret the emulator has handed out: access and ID tokens, and
+    /// refresh tokens. For tests that prove none of them leaks.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let inner = self.state.lock();
+        inner
+            .issued
+            .keys()
+            .chain(inner.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Grants `caller` the Token Creator role on `target` (emails).
     pub fn grant_token_creator(&self, caller: &str, target: &str) {
         self.state

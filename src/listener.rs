@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::audit::Record;
 use crate::clients::Refusal;
 use crate::forward::ProxyBody;
 use crate::idle::{Activity, InFlight};
@@ -110,10 +111,37 @@ async fn dispatch(
         .identify(peer.ip(), req.headers().get(header::PROXY_AUTHORIZATION))
     {
         Ok(c) => c,
-        Err(refusal) => return proxy_auth_required(refusal),
+        Err(refusal) => {
+            let resp = proxy_auth_required(refusal);
+            audit_connection_level(&shared, peer, None, &req, &resp, "proxy_auth");
+            return resp;
+        }
     };
     if req.method() == Method::CONNECT {
-        return tunnel::connect(shared, peer, client, permit, req).await;
+        let method = req.method().clone();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let name = client.as_ref().map(|c| c.name.clone());
+        let resp = tunnel::connect(shared.clone(), peer, client, permit, req).await;
+        // Intercepted requests get their own records; here the CONNECT
+        // itself is recorded when it is refused or spliced blind.
+        if let Some(action) = resp
+            .extensions()
+            .get::<tunnel::ConnectOutcome>()
+            .map(|o| o.0)
+        {
+            if shared.audit.enabled() {
+                let mut r = Record::new(peer, &method, &authority, "");
+                r.client_name = name;
+                r.action = action;
+                r.status = resp.status().as_u16();
+                shared.audit.write(&r);
+            }
+        }
+        return resp;
     }
     let uri = req.uri();
     match (uri.scheme(), uri.authority()) {
@@ -162,4 +190,27 @@ fn proxy_auth_required(refusal: Refusal) -> Response<ProxyBody> {
         HeaderValue::from_static("Basic realm=\"impersonate-proxy\""),
     );
     resp
+}
+
+fn audit_connection_level(
+    shared: &Shared,
+    peer: SocketAddr,
+    client: Option<Arc<str>>,
+    req: &Request<Incoming>,
+    resp: &Response<ProxyBody>,
+    action: &'static str,
+) {
+    if !shared.audit.enabled() {
+        return;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut r = Record::new(peer, req.method(), &host, req.uri().path());
+    r.client_name = client;
+    r.action = action;
+    r.status = resp.status().as_u16();
+    shared.audit.write(&r);
 }

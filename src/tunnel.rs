@@ -25,6 +25,16 @@ use crate::proxy::Shared;
 use crate::reply;
 use crate::request::{self, Origin, Target};
 
+/// Set on a CONNECT response that is not intercepted: the word for its
+/// audit record (`deny`, `refused`, `tunnel`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectOutcome(pub &'static str);
+
+fn outcome(mut resp: Response<ProxyBody>, what: &'static str) -> Response<ProxyBody> {
+    resp.extensions_mut().insert(ConnectOutcome(what));
+    resp
+}
+
 /// Answers a CONNECT and, on success, spawns the task that serves the
 /// tunnel once hyper hands over the connection.
 pub(crate) async fn connect(
@@ -64,15 +74,20 @@ pub(crate) async fn connect(
         return Response::new(full_body(""));
     }
     if shared.other == OtherHosts::Deny {
-        return not_intercepted(&host);
+        return outcome(not_intercepted(&host), "deny");
     }
     let upstream = match dial(&shared, &host, port).await {
         Ok(s) => s,
-        Err(Dial::Refused(msg)) => return reply::error(StatusCode::FORBIDDEN, &msg),
+        Err(Dial::Refused(msg)) => {
+            return outcome(reply::error(StatusCode::FORBIDDEN, &msg), "refused")
+        }
         Err(Dial::Failed(e)) => {
-            return reply::error(
-                StatusCode::BAD_GATEWAY,
-                &format!("cannot connect to {host}:{port}: {e}"),
+            return outcome(
+                reply::error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("cannot connect to {host}:{port}: {e}"),
+                ),
+                "tunnel",
             )
         }
     };
@@ -84,7 +99,7 @@ pub(crate) async fn connect(
             Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
         }
     });
-    Response::new(full_body(""))
+    outcome(Response::new(full_body("")), "tunnel")
 }
 
 /// The 403 for a host that `[intercept] hosts` does not list while
