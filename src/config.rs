@@ -120,7 +120,7 @@ pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet, ConfigError> {
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Write audit records at all.
@@ -225,7 +225,7 @@ pub enum AuthorizationPolicy {
 }
 
 /// `[proxy]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The proxy listener (CONNECT and absolute-form `http://`).
@@ -235,6 +235,10 @@ pub struct ProxyConfig {
     /// shutdown signal.
     #[serde(default = "default_drain", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST
+    /// /reload`. Never on the proxy port.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
     /// Serve anyone who can reach a non-loopback `listen` address, without
     /// `[[client]]` entries. Off unless set explicitly.
     #[serde(default)]
@@ -244,6 +248,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            admin: None,
             allow_any_client: false,
             listen: default_listen(),
             drain_timeout: default_drain(),
@@ -260,7 +265,7 @@ fn default_drain() -> Duration {
 }
 
 /// `[ca]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// The CA certificate (PEM).
@@ -289,7 +294,7 @@ fn default_ca_key() -> PathBuf {
 }
 
 /// `[source]`: the source credential (credential A in Google's docs).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Which kind of source credential.
@@ -321,7 +326,7 @@ pub enum SourceKind {
 }
 
 /// `[upstream]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// PEM files trusted in addition to the built-in roots, for forwarding
@@ -413,7 +418,7 @@ pub enum OtherHosts {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Time a client has to send a complete request head (slowloris guard).
@@ -705,6 +710,14 @@ impl Config {
                         "must be non-empty and hold no `:`",
                     ));
                 }
+            }
+        }
+        if let Some(admin) = self.proxy.admin {
+            if admin == self.proxy.listen {
+                return Err(ConfigError::invalid(
+                    "proxy.admin",
+                    "must differ from proxy.listen: the admin endpoints are never served on the proxy port",
+                ));
             }
         }
         let ip = self.proxy.listen.ip();

@@ -2,6 +2,7 @@
 //! hosts and forwards each request with a credential chosen by route.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod audit;
 pub mod ca;
 mod clients;
@@ -13,6 +14,7 @@ pub mod google;
 mod idle;
 pub mod inject;
 mod listener;
+mod metrics;
 mod observe;
 pub mod proxy;
 pub mod reply;
@@ -23,4 +25,4 @@ pub mod tokens;
 mod tunnel;
 
 pub use config::Config;
-pub use proxy::{Proxy, StartError};
+pub use proxy::{Proxy, Reloader, StartError};

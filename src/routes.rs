@@ -66,6 +66,8 @@ pub struct Route {
     methods: Vec<Method>,
     /// What it does.
     pub action: Action,
+    /// Its token is minted at start and `/readyz` waits for it.
+    pub warm: bool,
 }
 
 impl Route {
@@ -124,7 +126,7 @@ impl std::hash::Hasher for FxHasher {
 
 type HostMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
 
-/// The rule table, built once per config.
+/// The rule table, built once per config (and again on reload).
 pub struct RouteTable {
     routes: Vec<Route>,
     /// Exact host → indices of routes naming it, ascending.
@@ -400,6 +402,7 @@ impl RouteTable {
                     }
                 }
             }
+            let warm = matches!(spec.action, ActionSpec::Inject { warm: true, .. });
             let action = match &spec.action {
                 ActionSpec::Inject {
                     request,
@@ -421,6 +424,7 @@ impl RouteTable {
                 path_prefix: spec.path_prefix.as_deref().map(Into::into),
                 methods: spec.methods.clone(),
                 action,
+                warm,
             });
         }
         for v in exact.values_mut().chain(suffix.values_mut()) {
@@ -432,6 +436,11 @@ impl RouteTable {
             suffix,
             suffix_labels,
         }
+    }
+
+    /// Every route, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The first route matching `host` (normalized), `method` and `path`
