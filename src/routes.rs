@@ -62,29 +62,26 @@ impl Action {
 pub struct Route {
     /// The rule's name.
     pub name: Arc<str>,
-    path_prefix: Option<Box<str>>,
     methods: Vec<Method>,
     /// What it does.
     pub action: Action,
 }
 
 impl Route {
-    fn matches_rest(&self, method: &Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|p| path_has_prefix(path, p))
+    #[inline]
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
 }
 
-/// `prefix` matches whole segments: `/storage/v1/b` matches `/storage/v1/b`
-/// and `/storage/v1/b/x`, not `/storage/v1/bx`.
-fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
-        None => false,
-    }
+/// Whether `path[..k]` can equal a matching `path_prefix`. A prefix
+/// matches whole segments (`/storage/v1/b` matches `/storage/v1/b` and
+/// `/storage/v1/b/x`, not `/storage/v1/bx`; one ending in `/` matches
+/// whatever follows it), so `k` is the whole path, or sits just before or
+/// just after a `/`.
+#[inline]
+fn is_cut(path: &[u8], k: usize) -> bool {
+    k != 0 && (k == path.len() || path[k] == b'/' || path[k - 1] == b'/')
 }
 
 /// A fast, non-keyed hash for the host maps. The keys come from the
@@ -122,14 +119,53 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
-type HostMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
+type FxBuild = BuildHasherDefault<FxHasher>;
+
+/// The routes naming one host key, split so that a lookup never scans the
+/// rules whose path prefix cannot match: those are found by hashing the
+/// few prefixes of the request path that could equal one.
+#[derive(Default)]
+struct Candidates {
+    /// Routes without a path prefix, ascending.
+    any_path: Vec<u32>,
+    /// `path_prefix` → routes with it, ascending.
+    by_prefix: HashMap<Box<str>, Vec<u32>, FxBuild>,
+    /// Bit k set: some prefix is k bytes long (k < 128).
+    prefix_lens: u128,
+    /// Some prefix is 128 bytes or longer.
+    long_prefix: bool,
+}
+
+impl Candidates {
+    fn push(&mut self, idx: u32, path_prefix: Option<&str>) {
+        match path_prefix {
+            None => self.any_path.push(idx),
+            Some(p) => {
+                match p.len() {
+                    k @ 0..128 => self.prefix_lens |= 1 << k,
+                    _ => self.long_prefix = true,
+                }
+                self.by_prefix.entry(p.into()).or_default().push(idx);
+            }
+        }
+    }
+
+    fn dedup(&mut self) {
+        self.any_path.dedup();
+        for v in self.by_prefix.values_mut() {
+            v.dedup();
+        }
+    }
+}
+
+type HostMap = HashMap<Box<str>, Candidates, FxBuild>;
 
 /// The rule table, built once per config.
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Exact host → indices of routes naming it, ascending.
+    /// Exact host → the routes naming it.
     exact: HostMap,
-    /// `.suffix` → indices of routes with `*.suffix`, ascending.
+    /// `.suffix` → the routes with `*.suffix`.
     suffix: HostMap,
     /// Bit n set: some suffix pattern has n labels (skip other lookups).
     suffix_labels: u64,
@@ -390,13 +426,17 @@ impl RouteTable {
             let idx = u32::try_from(i).expect("fewer than 2^32 routes");
             for h in &spec.hosts {
                 match h {
-                    HostPattern::Exact(name) => {
-                        exact.entry(name.as_str().into()).or_default().push(idx)
-                    }
+                    HostPattern::Exact(name) => exact
+                        .entry(name.as_str().into())
+                        .or_default()
+                        .push(idx, spec.path_prefix.as_deref()),
                     HostPattern::Suffix(sfx) => {
                         let labels = sfx.matches('.').count().min(63);
                         suffix_labels |= 1 << labels;
-                        suffix.entry(sfx.as_str().into()).or_default().push(idx);
+                        suffix
+                            .entry(sfx.as_str().into())
+                            .or_default()
+                            .push(idx, spec.path_prefix.as_deref());
                     }
                 }
             }
@@ -418,13 +458,12 @@ impl RouteTable {
             };
             routes.push(Route {
                 name: spec.name.as_str().into(),
-                path_prefix: spec.path_prefix.as_deref().map(Into::into),
                 methods: spec.methods.clone(),
                 action,
             });
         }
-        for v in exact.values_mut().chain(suffix.values_mut()) {
-            v.dedup();
+        for c in exact.values_mut().chain(suffix.values_mut()) {
+            c.dedup();
         }
         RouteTable {
             routes,
@@ -435,35 +474,82 @@ impl RouteTable {
     }
 
     /// The first route matching `host` (normalized), `method` and `path`
-    /// (without query). No allocation, no lock.
+    /// (without query). No allocation, no lock, and no scan of the rules
+    /// whose host or path prefix cannot match.
     #[inline]
     pub fn find(&self, host: &str, method: &Method, path: &str) -> Option<&Route> {
         let mut best = u32::MAX;
-        if let Some(list) = self.exact.get(host) {
-            best = self.first_in(list, best, method, path);
+        if let Some(c) = self.exact.get(host) {
+            best = self.first_in(c, best, method, path);
         }
         if self.suffix_labels != 0 {
-            // Every proper suffix starting at a dot: ".b.c", ".c" of "a.b.c".
-            let mut labels = host.matches('.').count();
-            for (pos, _) in host.match_indices('.') {
+            // Every proper suffix starting at a dot, right to left: ".c",
+            // ".b.c" of "a.b.c", only for label counts some pattern has,
+            // and no further left than the longest pattern reaches (bit 63
+            // stands for 63 labels or more).
+            let most = 63 - self.suffix_labels.leading_zeros() as usize;
+            let mut labels = 0usize;
+            for (pos, &b) in host.as_bytes().iter().enumerate().rev() {
+                if b != b'.' {
+                    continue;
+                }
+                labels += 1;
+                if most < 63 && labels > most {
+                    break;
+                }
                 if self.suffix_labels & (1 << labels.min(63)) != 0 {
-                    if let Some(list) = self.suffix.get(&host[pos..]) {
-                        best = self.first_in(list, best, method, path);
+                    if let Some(c) = self.suffix.get(&host[pos..]) {
+                        best = self.first_in(c, best, method, path);
                     }
                 }
-                labels -= 1;
             }
         }
         self.routes.get(best as usize)
     }
 
+    /// The lowest route index below `best` among `c` that allows `method`
+    /// and whose path prefix (if any) matches `path`; else `best`.
     #[inline]
-    fn first_in(&self, list: &[u32], best: u32, method: &Method, path: &str) -> u32 {
+    fn first_in(&self, c: &Candidates, mut best: u32, method: &Method, path: &str) -> u32 {
+        best = self.first_allowing(&c.any_path, best, method);
+        let bytes = path.as_bytes();
+        // Only the lengths some prefix has, and only where a prefix could
+        // end: usually one or two probes, however many prefixes there are.
+        let mut lens = match bytes.len() {
+            n @ 0..127 => c.prefix_lens & ((1 << (n + 1)) - 1),
+            _ => c.prefix_lens,
+        };
+        while lens != 0 {
+            let k = lens.trailing_zeros() as usize;
+            lens &= lens - 1;
+            best = self.probe(c, best, method, path, k);
+        }
+        if c.long_prefix {
+            for k in 128..=bytes.len() {
+                best = self.probe(c, best, method, path, k);
+            }
+        }
+        best
+    }
+
+    #[inline]
+    fn probe(&self, c: &Candidates, best: u32, method: &Method, path: &str, k: usize) -> u32 {
+        if !is_cut(path.as_bytes(), k) {
+            return best;
+        }
+        match c.by_prefix.get(&path[..k]) {
+            Some(list) => self.first_allowing(list, best, method),
+            None => best,
+        }
+    }
+
+    #[inline]
+    fn first_allowing(&self, list: &[u32], best: u32, method: &Method) -> u32 {
         for &i in list {
             if i >= best {
                 break;
             }
-            if self.routes[i as usize].matches_rest(method, path) {
+            if self.routes[i as usize].allows(method) {
                 return i;
             }
         }
