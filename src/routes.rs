@@ -1,7 +1,9 @@
 //! The compiled rule table: (host, method, path, client) → the first
-//! matching route and its action. Host matching is by map, not by scan:
-//! exact names in one map, `*.suffix` patterns in another keyed by suffix,
-//! so a table of 1,000 rules costs a few lookups, not 1,000 comparisons.
+//! matching route and its action. Matching is by map, not by scan: exact
+//! names in one map (each also holding the `*.suffix` rules that cover
+//! it), `*.suffix` patterns in another keyed by suffix, and under each the
+//! path-prefix rules keyed by prefix, so a table of 1,000 rules costs a
+//! few lookups, not 1,000 comparisons.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -91,26 +93,58 @@ fn is_cut(path: &[u8], k: usize) -> bool {
 #[derive(Default, Clone, Copy)]
 struct FxHasher(u64);
 
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
 impl std::hash::Hasher for FxHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
         let mut h = self.0;
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
             let mut w = [0u8; 8];
             w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(FX_K);
         }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        let rest = chunks.remainder();
+        // One round for the tail, not one per byte (host names and path
+        // prefixes are rarely a multiple of 8 long), and fixed-size reads,
+        // not a `memcpy` call. (`str` hashing appends 0xff after the bytes,
+        // so an overlapping or zero-padded tail cannot make equal hashes
+        // for different strings any likelier.)
+        let tail = if rest.is_empty() {
+            None
+        } else if bytes.len() >= 8 {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[bytes.len() - 8..]);
+            Some(u64::from_le_bytes(w))
+        } else {
+            let (mut w, mut i) = (0u64, 0usize);
+            if rest.len() >= 4 {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(&rest[..4]);
+                w = u64::from(u32::from_le_bytes(a));
+                i = 4;
+            }
+            if rest.len() - i >= 2 {
+                let mut a = [0u8; 2];
+                a.copy_from_slice(&rest[i..i + 2]);
+                w |= u64::from(u16::from_le_bytes(a)) << (8 * i);
+                i += 2;
+            }
+            if rest.len() > i {
+                w |= u64::from(rest[i]) << (8 * i);
+            }
+            Some(w)
+        };
+        if let Some(w) = tail {
+            h = (h.rotate_left(5) ^ w).wrapping_mul(FX_K);
         }
         self.0 = h;
     }
 
     #[inline]
     fn write_u8(&mut self, b: u8) {
-        self.write(&[b]);
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(FX_K);
     }
 
     #[inline]
@@ -130,9 +164,11 @@ struct Candidates {
     any_path: Vec<u32>,
     /// `path_prefix` → routes with it, ascending.
     by_prefix: HashMap<Box<str>, Vec<u32>, FxBuild>,
-    /// Bit k set: some prefix is k bytes long (k < 128).
-    prefix_lens: u128,
-    /// Some prefix is 128 bytes or longer.
+    /// Bit k set: some prefix not ending in `/` is k bytes long (k < 64).
+    seg_lens: u64,
+    /// Bit k set: some prefix ending in `/` is k bytes long (k < 64).
+    dir_lens: u64,
+    /// Some prefix is 64 bytes or longer.
     long_prefix: bool,
 }
 
@@ -142,7 +178,8 @@ impl Candidates {
             None => self.any_path.push(idx),
             Some(p) => {
                 match p.len() {
-                    k @ 0..128 => self.prefix_lens |= 1 << k,
+                    k @ 0..64 if p.ends_with('/') => self.dir_lens |= 1 << k,
+                    k @ 0..64 => self.seg_lens |= 1 << k,
                     _ => self.long_prefix = true,
                 }
                 self.by_prefix.entry(p.into()).or_default().push(idx);
@@ -150,9 +187,24 @@ impl Candidates {
         }
     }
 
-    fn dedup(&mut self) {
-        self.any_path.dedup();
-        for v in self.by_prefix.values_mut() {
+    /// Adds `other`'s routes (lists are sorted again by [`Self::finish`]).
+    fn merge(&mut self, other: &Candidates) {
+        self.any_path.extend_from_slice(&other.any_path);
+        for (p, list) in &other.by_prefix {
+            self.by_prefix
+                .entry(p.clone())
+                .or_default()
+                .extend_from_slice(list);
+        }
+        self.seg_lens |= other.seg_lens;
+        self.dir_lens |= other.dir_lens;
+        self.long_prefix |= other.long_prefix;
+    }
+
+    /// Sorts every list ascending (the scan stops at the first match).
+    fn finish(&mut self) {
+        for v in std::iter::once(&mut self.any_path).chain(self.by_prefix.values_mut()) {
+            v.sort_unstable();
             v.dedup();
         }
     }
@@ -163,7 +215,7 @@ type HostMap = HashMap<Box<str>, Candidates, FxBuild>;
 /// The rule table, built once per config.
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Exact host → the routes naming it.
+    /// Exact host → the routes naming it or a `*.suffix` covering it.
     exact: HostMap,
     /// `.suffix` → the routes with `*.suffix`.
     suffix: HostMap,
@@ -462,8 +514,17 @@ impl RouteTable {
                 action,
             });
         }
+        // A named host also matches the `*.suffix` patterns that cover
+        // it; folding those in here makes a named host one lookup.
+        for (host, c) in exact.iter_mut() {
+            for (pos, _) in host.match_indices('.').filter(|&(pos, _)| pos > 0) {
+                if let Some(s) = suffix.get(&host[pos..]) {
+                    c.merge(s);
+                }
+            }
+        }
         for c in exact.values_mut().chain(suffix.values_mut()) {
-            c.dedup();
+            c.finish();
         }
         RouteTable {
             routes,
@@ -480,15 +541,17 @@ impl RouteTable {
     pub fn find(&self, host: &str, method: &Method, path: &str) -> Option<&Route> {
         let mut best = u32::MAX;
         if let Some(c) = self.exact.get(host) {
+            // Holds the `*.suffix` routes covering `host` too.
             best = self.first_in(c, best, method, path);
-        }
-        if self.suffix_labels != 0 {
+        } else if self.suffix_labels != 0 {
             // Every proper suffix starting at a dot, right to left: ".c",
             // ".b.c" of "a.b.c", only for label counts some pattern has,
             // and no further left than the longest pattern reaches (bit 63
             // stands for 63 labels or more).
             let most = 63 - self.suffix_labels.leading_zeros() as usize;
             let mut labels = 0usize;
+            // A plain loop: `rfind` costs more per call than a host name
+            // has bytes.
             for (pos, &b) in host.as_bytes().iter().enumerate().rev() {
                 if b != b'.' {
                     continue;
@@ -515,17 +578,24 @@ impl RouteTable {
         let bytes = path.as_bytes();
         // Only the lengths some prefix has, and only where a prefix could
         // end: usually one or two probes, however many prefixes there are.
-        let mut lens = match bytes.len() {
-            n @ 0..127 => c.prefix_lens & ((1 << (n + 1)) - 1),
-            _ => c.prefix_lens,
+        let upto = match bytes.len() {
+            n @ 0..63 => (1 << (n + 1)) - 1,
+            _ => u64::MAX,
         };
+        let mut lens = (c.seg_lens | c.dir_lens) & upto;
         while lens != 0 {
             let k = lens.trailing_zeros() as usize;
             lens &= lens - 1;
-            best = self.probe(c, best, method, path, k);
+            // A prefix without a trailing `/` ends the path or a segment;
+            // one with it ends right after a `/`. (Bit 0 is never set.)
+            let seg = c.seg_lens >> k & 1 != 0 && (k == bytes.len() || bytes[k] == b'/');
+            let dir = c.dir_lens >> k & 1 != 0 && bytes[k - 1] == b'/';
+            if seg || dir {
+                best = self.probe(c, best, method, path, k);
+            }
         }
         if c.long_prefix {
-            for k in 128..=bytes.len() {
+            for k in (64..=bytes.len()).filter(|&k| is_cut(bytes, k)) {
                 best = self.probe(c, best, method, path, k);
             }
         }
@@ -534,9 +604,6 @@ impl RouteTable {
 
     #[inline]
     fn probe(&self, c: &Candidates, best: u32, method: &Method, path: &str, k: usize) -> u32 {
-        if !is_cut(path.as_bytes(), k) {
-            return best;
-        }
         match c.by_prefix.get(&path[..k]) {
             Some(list) => self.first_allowing(list, best, method),
             None => best,

@@ -159,6 +159,9 @@ async fn a_thousand_rules_still_find_the_right_one() {
     assert_eq!(name(&t, "h999.googleapis.com", "GET", "/"), None);
 }
 
+/// A path prefix past the table's length bitmask (64 bytes).
+const LONG: &str = "/a/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
 /// The table's indexed lookup agrees with the rules read top to bottom.
 #[tokio::test]
 async fn find_agrees_with_a_linear_scan_of_the_rules() {
@@ -176,6 +179,7 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
         Some("/a/b"),
         Some("/a//b"),
         Some("/ab"),
+        Some(LONG),
     ];
     let methods: [&[&str]; 3] = [&[], &["GET"], &["POST", "DELETE"]];
     let mut toml = String::new();
@@ -228,9 +232,23 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
             "example.com",
         ] {
             for method in [Method::GET, Method::POST, Method::PUT] {
+                let long_paths = [format!("{LONG}/c"), format!("{LONG}c")];
                 for path in [
-                    "/", "/a", "/a/", "/a/b", "/a/bc", "/a//b", "/a//b/c", "/ab", "/abc", "/b",
-                    "*", "/a/b/",
+                    "/",
+                    "/a",
+                    "/a/",
+                    "/a/b",
+                    "/a/bc",
+                    "/a//b",
+                    "/a//b/c",
+                    "/ab",
+                    "/abc",
+                    "/b",
+                    "*",
+                    "/a/b/",
+                    LONG,
+                    &long_paths[0],
+                    &long_paths[1],
                 ] {
                     assert_eq!(
                         t.find(host, &method, path).map(|r| &*r.name),
