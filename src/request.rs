@@ -186,9 +186,11 @@ async fn route_and_forward(
     let (mut parts, body) = req.into_parts();
     let decision = {
         let policy = shared.policy.load();
-        let Some(route) = policy
-            .routes
-            .find(&target.host, &parts.method, parts.uri.path())
+        let client = origin.client_id.as_ref().map(|c| c.index);
+        let Some(route) =
+            policy
+                .routes
+                .find_for(&target.host, &parts.method, parts.uri.path(), client)
         else {
             return reply::error_for(
                 is_grpc,

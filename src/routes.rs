@@ -65,6 +65,8 @@ pub struct Route {
     /// The rule's name.
     pub name: Arc<str>,
     methods: Vec<Method>,
+    /// `[[client]]` indices allowed; empty means any client.
+    clients: Vec<u32>,
     /// What it does.
     pub action: Action,
     /// Its token is minted at start and `/readyz` waits for it.
@@ -73,8 +75,9 @@ pub struct Route {
 
 impl Route {
     #[inline]
-    fn allows(&self, method: &Method) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    fn allows(&self, method: &Method, client: Option<u32>) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.clients.is_empty() || client.is_some_and(|c| self.clients.contains(&c)))
     }
 }
 
@@ -247,6 +250,8 @@ pub struct RuleSpec {
     pub methods: Vec<Method>,
     /// Its `[[client]]` names (empty = any).
     pub clients: Vec<String>,
+    /// The same clients as indices into `[[client]]`.
+    pub client_indices: Vec<u32>,
     /// What it does.
     pub action: ActionSpec,
 }
@@ -312,12 +317,13 @@ impl fmt::Display for RuleSpec {
 
 /// Validates every `[[route]]` and turns it into a [`RuleSpec`].
 pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
+    let clients: Vec<&str> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
     let mut names = std::collections::HashSet::new();
     cfg.routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let spec = compile_rule(i, r)?;
+            let spec = compile_rule(i, r, &clients)?;
             if !names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("route[{i}].name"),
@@ -332,7 +338,7 @@ pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
         .collect()
 }
 
-fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
+fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec, ConfigError> {
     let key = |field: &str| format!("route[{i}].{field} (route \"{}\")", r.name);
     if r.name.trim().is_empty() {
         return Err(ConfigError::invalid(
@@ -369,14 +375,17 @@ fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(c) = r.clients.first() {
-        // Client identities arrive with [[client]]; until a route can be
-        // limited to a client, accepting the key would silently apply the
-        // route to everyone.
-        return Err(ConfigError::invalid(
-            key("clients"),
-            format!("no [[client]] named `{c}` is defined"),
-        ));
+    let mut client_indices = Vec::with_capacity(r.clients.len());
+    for c in &r.clients {
+        match clients.iter().position(|known| known == c) {
+            Some(i) => client_indices.push(u32::try_from(i).expect("fewer than 2^32 clients")),
+            None => {
+                return Err(ConfigError::invalid(
+                    key("clients"),
+                    format!("no [[client]] named `{c}` is defined"),
+                ))
+            }
+        }
     }
     let chosen = [
         r.impersonate.is_some(),
@@ -464,6 +473,7 @@ fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
         path_prefix: r.path_prefix.clone(),
         methods,
         clients: r.clients.clone(),
+        client_indices,
         action,
     })
 }
@@ -514,6 +524,7 @@ impl RouteTable {
             routes.push(Route {
                 name: spec.name.as_str().into(),
                 methods: spec.methods.clone(),
+                clients: spec.client_indices.clone(),
                 action,
                 warm,
             });
@@ -543,15 +554,28 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The first route matching `host` (normalized), `method` and `path`
-    /// (without query). No allocation, no lock, and no scan of the rules
-    /// whose host or path prefix cannot match.
+    /// [`RouteTable::find_for`] an anonymous client (no `[[client]]`).
     #[inline]
     pub fn find(&self, host: &str, method: &Method, path: &str) -> Option<&Route> {
+        self.find_for(host, method, path, None)
+    }
+
+    /// The first route matching `host` (normalized), `method`, `path`
+    /// (without query) and `client` (a `[[client]]` index). No allocation,
+    /// no lock, and no scan of the rules whose host or path prefix cannot
+    /// match.
+    #[inline]
+    pub fn find_for(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+    ) -> Option<&Route> {
         let mut best = u32::MAX;
         if let Some(c) = self.exact.get(host) {
             // Holds the `*.suffix` routes covering `host` too.
-            best = self.first_in(c, best, method, path);
+            best = self.first_in(c, best, method, path, client);
         } else if self.suffix_labels != 0 {
             // Every proper suffix starting at a dot, right to left: ".c",
             // ".b.c" of "a.b.c", only for label counts some pattern has,
@@ -571,7 +595,7 @@ impl RouteTable {
                 }
                 if self.suffix_labels & (1 << labels.min(63)) != 0 {
                     if let Some(c) = self.suffix.get(&host[pos..]) {
-                        best = self.first_in(c, best, method, path);
+                        best = self.first_in(c, best, method, path, client);
                     }
                 }
             }
@@ -582,8 +606,15 @@ impl RouteTable {
     /// The lowest route index below `best` among `c` that allows `method`
     /// and whose path prefix (if any) matches `path`; else `best`.
     #[inline]
-    fn first_in(&self, c: &Candidates, mut best: u32, method: &Method, path: &str) -> u32 {
-        best = self.first_allowing(&c.any_path, best, method);
+    fn first_in(
+        &self,
+        c: &Candidates,
+        mut best: u32,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+    ) -> u32 {
+        best = self.first_allowing(&c.any_path, best, method, client);
         let bytes = path.as_bytes();
         // Only the lengths some prefix has, and only where a prefix could
         // end: usually one or two probes, however many prefixes there are.
@@ -600,32 +631,40 @@ impl RouteTable {
             let seg = c.seg_lens >> k & 1 != 0 && (k == bytes.len() || bytes[k] == b'/');
             let dir = c.dir_lens >> k & 1 != 0 && bytes[k - 1] == b'/';
             if seg || dir {
-                best = self.probe(c, best, method, path, k);
+                best = self.probe(c, best, method, path, k, client);
             }
         }
         if c.long_prefix {
             for k in (64..=bytes.len()).filter(|&k| is_cut(bytes, k)) {
-                best = self.probe(c, best, method, path, k);
+                best = self.probe(c, best, method, path, k, client);
             }
         }
         best
     }
 
     #[inline]
-    fn probe(&self, c: &Candidates, best: u32, method: &Method, path: &str, k: usize) -> u32 {
+    fn probe(
+        &self,
+        c: &Candidates,
+        best: u32,
+        method: &Method,
+        path: &str,
+        k: usize,
+        client: Option<u32>,
+    ) -> u32 {
         match c.by_prefix.get(&path[..k]) {
-            Some(list) => self.first_allowing(list, best, method),
+            Some(list) => self.first_allowing(list, best, method, client),
             None => best,
         }
     }
 
     #[inline]
-    fn first_allowing(&self, list: &[u32], best: u32, method: &Method) -> u32 {
+    fn first_allowing(&self, list: &[u32], best: u32, method: &Method, client: Option<u32>) -> u32 {
         for &i in list {
             if i >= best {
                 break;
             }
-            if self.routes[i as usize].allows(method) {
+            if self.routes[i as usize].allows(method, client) {
                 return i;
             }
         }
