@@ -20,10 +20,11 @@ const AUTHORITY: &str = "storage.googleapis.com:443";
 /// How long a hostile client waits for any answer before calling it a hang.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-/// `[limits]` for the rows: short enough that the rows about silence finish
-/// quickly, long enough that an ordinary request is never cut.
+/// `[limits]` for the rows: a header read timeout short enough that the rows
+/// about silence finish quickly, and an idle timeout far beyond `PATIENCE`,
+/// so that a close within `PATIENCE` can only come from the former.
 const LIMITS: &str =
-    "[audit]\nenabled = false\n[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"5s\"\n";
+    "[audit]\nenabled = false\n[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n";
 
 /// What a hostile client saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
