@@ -473,6 +473,14 @@ fn default_max_connections() -> usize {
     10_000
 }
 
+/// Above this, `max_connections` is no limit at all (and the semaphore
+/// behind it has a ceiling).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// A request head larger than this is not a request.
+const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+/// Timeouts beyond a week are mistakes (and overflow `Instant`).
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
 /// Parses durations such as `"10s"`, `"90s"`, `"1m 30s"` or `"3600s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -666,10 +674,16 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if l.max_connections == 0 {
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
             return Err(ConfigError::invalid(
                 "limits.max_connections",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if l.max_header_bytes > MAX_HEADER_BYTES {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                format!("must be at most {MAX_HEADER_BYTES} (16 MiB)"),
             ));
         }
         for (key, d) in [
@@ -677,9 +691,13 @@ impl Config {
             ("limits.idle_timeout", l.idle_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
+            ("proxy.drain_timeout", self.proxy.drain_timeout),
         ] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            if d.is_zero() || d > MAX_TIMEOUT {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be longer than 0s and at most 7 days",
+                ));
             }
         }
         Ok(())

@@ -249,12 +249,10 @@ impl Proxy {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
 
-        let listener = TcpListener::bind(cfg.proxy.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: cfg.proxy.listen,
-                source,
-            })?;
+        let listener = listen(cfg.proxy.listen).map_err(|source| StartError::Bind {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
         let admin = match cfg.proxy.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -387,4 +385,17 @@ impl Mint for NoSource {
         let message = self.0.clone();
         Box::pin(async move { Err(CredentialError::SourceUnavailable { message }) })
     }
+}
+
+/// Binds with a backlog deep enough for a burst of clients waiting for a
+/// place under `max_connections` (the default of 128 drops them).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

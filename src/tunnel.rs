@@ -114,25 +114,69 @@ pub(crate) fn not_intercepted(host: &str) -> Response<ProxyBody> {
     )
 }
 
-/// `host:port` from a CONNECT request target, validated.
-fn parse_authority(req: &Request<Incoming>) -> Result<(String, u16), String> {
+/// `host:port` from a CONNECT request target, validated: a DNS name or
+/// an IP address (IPv6 in brackets), and a decimal port 1–65535.
+pub(crate) fn parse_authority(req: &Request<Incoming>) -> Result<(String, u16), String> {
     let Some(a) = req.uri().authority() else {
         return Err("CONNECT needs a target of the form host:port".into());
     };
-    if a.as_str().contains('@') {
+    parse_connect_target(a.as_str())
+}
+
+/// The checks of [`parse_authority`] on the raw `host:port` text.
+pub(crate) fn parse_connect_target(raw: &str) -> Result<(String, u16), String> {
+    if raw.contains('@') {
         return Err("CONNECT target must not contain user information".into());
     }
-    let Some(port) = a.port_u16() else {
-        return Err(format!("CONNECT target `{a}` has no port; use host:443"));
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(format!(
+            "CONNECT target `{}` has no port; use host:443",
+            shorten(raw)
+        ));
     };
-    if port == 0 {
-        return Err("CONNECT port 0 is not valid".into());
-    }
-    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        let Some(v6) = inner.strip_suffix(']') else {
+            return Err("CONNECT target has an unclosed `[`".into());
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`[{}]` is not an IPv6 address", shorten(v6)));
+        }
+        v6
+    } else if host.contains(':') {
+        return Err("an IPv6 CONNECT target must be in brackets, e.g. [2001:db8::1]:443".into());
+    } else {
+        host
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
+        _ => {
+            return Err(format!(
+                "CONNECT port `{}` is not a number from 1 to 65535",
+                shorten(port)
+            ))
+        }
+    };
     if host.is_empty() || host.len() > 253 {
         return Err("CONNECT host is empty or longer than 253 bytes".into());
     }
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    let is_name = host.strip_suffix('.').unwrap_or(host).split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !is_ip && !is_name {
+        return Err(format!(
+            "CONNECT host `{}` is not a host name or an IP address",
+            shorten(host)
+        ));
+    }
     Ok((normalize_host(host), port))
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 async fn intercept(
@@ -337,5 +381,35 @@ async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
             }
         }
         _ = activity.idle_for(idle) => tracing::debug!("tunnel closed after idle timeout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_connect_target as p;
+
+    #[test]
+    fn connect_targets_must_be_a_name_or_address_and_a_port() {
+        assert_eq!(
+            p("Storage.googleapis.com.:443"),
+            Ok(("storage.googleapis.com".into(), 443))
+        );
+        assert_eq!(p("[::1]:8443"), Ok(("::1".into(), 8443)));
+        assert_eq!(p("10.0.0.1:443"), Ok(("10.0.0.1".into(), 443)));
+        for bad in [
+            "storage.googleapis.com",
+            "storage.googleapis.com:0",
+            "storage.googleapis.com:99999",
+            "storage.googleapis.com:+443",
+            "u:p@storage.googleapis.com:443",
+            "[storage.googleapis.com]junk:443",
+            "*.googleapis.com:443",
+            "sto$rage..googleapis.com:443",
+            "::1:443",
+            "[::1:443",
+            ":443",
+        ] {
+            assert!(p(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -108,3 +108,40 @@ fn a_non_loopback_listener_needs_clients_or_an_explicit_opt_in() {
     let out = check("[proxy]\nlisten = \"0.0.0.0:8080\"\n[[client]]\nname = \"vpc\"\ncidrs = [\"10.8.0.0/16\"]\n");
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test]
+async fn routes_select_by_client() {
+    let dir = tempdir("auth-routes");
+    let pw = password_file(&dir, "batch.pw", "s3cret");
+    let w = world(
+        "auth-routes",
+        &format!(
+            r#"[[client]]
+name = "batch"
+cidrs = ["127.0.0.0/8"]
+proxy_auth = {{ user = "batch", password_file = "{}" }}
+[[client]]
+name = "office"
+cidrs = ["127.0.0.0/8"]
+[[route]]
+name = "office-may-not"
+hosts = ["storage.googleapis.com"]
+clients = ["office"]
+action = "deny"
+"#,
+            pw.display()
+        ),
+    )
+    .await;
+    let addr = w.proxy.addr;
+    let (out, err) = curl(&w.proxy, &format!("http://batch:s3cret@{addr}")).await;
+    assert!(
+        out.ends_with("\n200"),
+        "batch passes the office-only deny: {out} {err}"
+    );
+    let (out, err) = curl(&w.proxy, &format!("http://{addr}")).await;
+    assert!(
+        out.ends_with("\n403") && out.contains("office-may-not"),
+        "{out} {err}"
+    );
+}
