@@ -731,7 +731,7 @@ impl Config {
             }
         }
         if let Some(admin) = self.proxy.admin {
-            if admin == self.proxy.listen {
+            if admin == self.proxy.listen && admin.port() != 0 {
                 return Err(ConfigError::invalid(
                     "proxy.admin",
                     "must differ from proxy.listen: the admin endpoints are never served on the proxy port",

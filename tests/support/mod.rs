@@ -239,6 +239,7 @@ impl<T> futures_core::Stream for ReceiverStream<T> {
 /// A running proxy for tests.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub ca_pem: PathBuf,
     pub dir: PathBuf,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -271,12 +272,14 @@ pub fn config_with_ca(name: &str, extra: &str) -> (Config, PathBuf) {
 pub async fn start_proxy(cfg: Config, dir: PathBuf) -> TestProxy {
     let proxy = Proxy::bind(&cfg).await.unwrap();
     let addr = proxy.local_addr();
+    let admin = proxy.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(proxy.serve(async move {
         let _ = rx.await;
     }));
     TestProxy {
         addr,
+        admin,
         ca_pem: cfg.ca.cert.clone(),
         dir,
         shutdown: Some(tx),
@@ -575,4 +578,22 @@ pub async fn assert_still_serves(proxy: &TestProxy, connect_headers: &str, after
         Ok(status) => assert_eq!(status, 200, "a normal request after {after}"),
         Err(_) => panic!("a normal request after {after} got no answer in 10s"),
     }
+}
+
+/// A plain HTTP/1.1 request to `addr` (e.g. the admin endpoint); returns
+/// the status code and body.
+pub async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }

@@ -1,0 +1,428 @@
+//! Operating the proxy: metrics after traffic, readiness that follows the
+//! warm slots, reload (SIGHUP and POST /reload) that keeps in-flight
+//! requests and unchanged slots, and SIGTERM that drains.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
+use support::*;
+
+const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
+const LATE: &str = "late@emulator-project.iam.gserviceaccount.com";
+const STORAGE: &str = "storage.googleapis.com";
+const SLOW: &str = "slow.googleapis.com";
+
+async fn count_body(resp: hyper::Response<hyper::body::Incoming>) -> usize {
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            n += d.len();
+        }
+    }
+    n
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_readyz_follows_warm_slots() {
+    let dir = tempdir("operate-metrics");
+    let emu = Emulator::start(EmulatorOptions {
+        dir: Some(dir.join("emu")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    emu.grant_token_creator(SOURCE_SA, READER);
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
+    impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
+    let text = format!(
+        r#"[proxy]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[ca]
+cert = "certs/ca.pem"
+key = "certs/ca-key.pem"
+[source]
+type = "service_account"
+file = "{key}"
+{upstream}
+[audit]
+enabled = false
+[[route]]
+name = "metrics-read"
+hosts = ["storage.googleapis.com"]
+path_prefix = "/storage/v1/b/data"
+impersonate = "{READER}"
+[[route]]
+name = "metrics-late"
+hosts = ["storage.googleapis.com"]
+impersonate = "{LATE}"
+warm = true
+"#,
+        key = key.display(),
+        upstream = emulator_upstream_toml(&emu, ""),
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = impersonate_proxy::Config::load(&path).unwrap();
+    let proxy = start_proxy(cfg, dir.clone()).await;
+    let admin = proxy.admin.expect("admin endpoint bound");
+
+    // The warm slot cannot mint (no grant yet): not ready, and it says why.
+    let (code, body) = http_get(admin, "GET", "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("metrics-late") && body.contains(LATE),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "GET", "/healthz").await.0, 200);
+
+    let mut c = client(&proxy, STORAGE, true).await;
+    for _ in 0..3 {
+        let resp = c
+            .send(for_version(get(STORAGE, "/storage/v1/b/data/o"), true))
+            .await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+    }
+    let resp = c
+        .send(for_version(get(STORAGE, "/storage/v1/b/other/o"), true))
+        .await;
+    assert_eq!(resp.status(), 503);
+    body_string(resp).await;
+
+    let (code, m) = http_get(admin, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    let requests = "impersonate_proxy_requests_total";
+    assert!(
+        metric(
+            &m,
+            requests,
+            &[
+                "route=\"metrics-read\"",
+                "status=\"2xx\"",
+                "client=\"anonymous\""
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, requests, &["route=\"metrics-late\"", "status=\"5xx\""]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "impersonate_proxy_token_mints_total",
+            &[READER, "result=\"ok\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "impersonate_proxy_token_mints_total",
+            &[LATE, "result=\"iam_permission_denied\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "impersonate_proxy_token_expires_in_seconds", &[READER]).unwrap_or(0.0) > 3000.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "impersonate_proxy_certificates_minted_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("impersonate_proxy_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(
+        m.contains("impersonate_proxy_iam_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(!m.contains("ya29."), "a token in the metrics");
+    assert!(
+        !m.contains("/storage/v1/b/data"),
+        "a path in the metrics labels"
+    );
+
+    // Grant the role: the refresher retries and readiness follows.
+    emu.grant_token_creator(SOURCE_SA, LATE);
+    let mut ready = false;
+    for _ in 0..100 {
+        if http_get(admin, "GET", "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "readyz did not recover after the grant");
+}
+
+/// The release-style binary as a child, with its proxy and admin addresses.
+struct Running {
+    child: Child,
+    proxy: TestProxy,
+    admin: SocketAddr,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+}
+
+fn run_binary(dir: &Path, config: &Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut proxy = None;
+    let mut admin = None;
+    while proxy.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("proxy started");
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            proxy = Some(a.trim().parse::<SocketAddr>().unwrap());
+        }
+        if let Some(a) = line.split("admin endpoint on http://").nth(1) {
+            admin = a.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+    }
+    Running {
+        child,
+        proxy: TestProxy {
+            addr: proxy.unwrap(),
+            admin,
+            ca_pem: dir.join("certs/ca.pem"),
+            dir: dir.to_owned(),
+            shutdown: None,
+            done: None,
+        },
+        admin: admin.unwrap(),
+        logs: rx,
+    }
+}
+
+/// An emulator, a slow upstream for `slow.googleapis.com`, and a config
+/// file using both; `routes` is appended.
+async fn setup(name: &str, routes: &str) -> (Emulator, PathBuf, PathBuf, String) {
+    let dir = tempdir(name);
+    let emu = Emulator::start(EmulatorOptions {
+        dir: Some(dir.join("emu")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    emu.grant_token_creator(SOURCE_SA, READER);
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
+    let certs = upstream_certs(&dir, &[SLOW]);
+    let (slow, _) = start_upstream(Some(certs.server)).await;
+    impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
+    let upstream = emulator_upstream_toml(&emu, &format!("\"{SLOW}\" = \"{slow}\"\n")).replacen(
+        "extra_ca = [",
+        &format!("extra_ca = [\"{}\", ", certs.ca_pem.display()),
+        1,
+    );
+    let base = format!(
+        r#"[proxy]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+drain_timeout = "20s"
+[ca]
+cert = "certs/ca.pem"
+key = "certs/ca-key.pem"
+[source]
+type = "service_account"
+file = "{key}"
+{upstream}
+[audit]
+enabled = false
+[[route]]
+name = "slow"
+hosts = ["{SLOW}"]
+action = "passthrough"
+"#,
+        key = key.display()
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, format!("{base}{routes}")).unwrap();
+    (emu, dir, path, base)
+}
+
+const READ_ROUTE: &str = r#"
+[[route]]
+name = "read"
+hosts = ["storage.googleapis.com"]
+impersonate = "reader@emulator-project.iam.gserviceaccount.com"
+"#;
+
+const BLOCK_ROUTE: &str = r#"
+[[route]]
+name = "blocked-bucket"
+hosts = ["storage.googleapis.com"]
+path_prefix = "/storage/v1/b/blocked"
+action = "deny"
+"#;
+
+async fn storage_status(proxy: &TestProxy, path: &str) -> u16 {
+    let mut c = client(proxy, STORAGE, false).await;
+    let resp = c.send(for_version(get(STORAGE, path), false)).await;
+    let status = resp.status().as_u16();
+    body_string(resp).await;
+    status
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
+    let (emu, dir, path, base) = setup("operate-reload", READ_ROUTE).await;
+    let mut run = run_binary(&dir, &path);
+    assert_eq!(
+        storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
+        200
+    );
+    assert_eq!(emu.counters().get("generateAccessToken", READER), 1);
+
+    // A 3-second streaming response is in flight across the reload.
+    let mut slow = client(&run.proxy, SLOW, true).await;
+    let resp = slow.send(for_version(get(SLOW, "/slow/30"), true)).await;
+    let streaming = tokio::spawn(count_body(resp));
+
+    std::fs::write(&path, format!("{base}{BLOCK_ROUTE}{READ_ROUTE}")).unwrap();
+    run.signal("-HUP");
+    let mut blocked = false;
+    for _ in 0..50 {
+        if storage_status(&run.proxy, "/storage/v1/b/blocked/o").await == 403 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(blocked, "the new route did not take effect");
+    assert_eq!(
+        storage_status(&run.proxy, "/storage/v1/b/open/o").await,
+        200
+    );
+    assert_eq!(
+        streaming.await.unwrap(),
+        30 * 1024,
+        "the in-flight response was cut"
+    );
+    assert_eq!(
+        emu.counters().get("generateAccessToken", READER),
+        1,
+        "an unchanged slot was re-minted by the reload"
+    );
+
+    // A broken config is refused and the running routes stay.
+    std::fs::write(&path, format!("{base}[[route]]\nname = \"broken\"\nhosts = [\"a.googleapis.com\"]\nimpersonate = \"x\"\nlifetime = \"forever\"\n")).unwrap();
+    run.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
+        403
+    );
+    assert_eq!(
+        storage_status(&run.proxy, "/storage/v1/b/open/o").await,
+        200
+    );
+    let logs = run.log_lines().join("\n");
+    assert!(
+        logs.contains("reload failed") && logs.contains("lifetime"),
+        "{logs}"
+    );
+
+    // POST /reload answers with the outcome.
+    let (code, body) = http_get(run.admin, "POST", "/reload").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("running config kept"), "{body}");
+    std::fs::write(&path, format!("{base}{READ_ROUTE}")).unwrap();
+    let (code, body) = http_get(run.admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
+        200
+    );
+
+    run.signal("-TERM");
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_drains_a_ten_second_stream_then_exits_0() {
+    let (_emu, dir, path, _) = setup("operate-drain", "").await;
+    let mut run = run_binary(&dir, &path);
+    let mut slow = client(&run.proxy, SLOW, true).await;
+    let resp = slow.send(for_version(get(SLOW, "/slow/100"), true)).await;
+    assert_eq!(resp.status(), 200);
+    let streaming = tokio::spawn(count_body(resp));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.signal("-TERM");
+    // While draining: not ready, no new connections.
+    let mut saw_503 = false;
+    for _ in 0..20 {
+        if http_get(run.admin, "GET", "/readyz").await.0 == 503 {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_503, "readyz stays 200 while draining");
+    assert!(
+        tokio::net::TcpStream::connect(run.proxy.addr)
+            .await
+            .is_err(),
+        "the listener still accepts after SIGTERM"
+    );
+    assert_eq!(streaming.await.unwrap(), 100 * 1024, "the stream was cut");
+    let status = tokio::task::spawn_blocking(move || run.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
