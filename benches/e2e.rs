@@ -176,20 +176,38 @@ impl Drop for ProxyChild {
     }
 }
 
-fn start_proxy(dir: &Path, upstream: SocketAddr, upstream_ca: &Path, hosts: usize) -> ProxyChild {
+/// The proxy's source identity in the emulator, and the account every
+/// bench request is sent as: the realistic path, a token attached per request.
+const SOURCE_SA: &str = "bench-runner@emulator-project.iam.gserviceaccount.com";
+const TARGET_SA: &str = "bench-reader@emulator-project.iam.gserviceaccount.com";
+
+fn start_proxy(
+    dir: &Path,
+    upstream: SocketAddr,
+    upstream_ca: &Path,
+    hosts: usize,
+    emu: &impersonate_proxy::emulator::Emulator,
+) -> ProxyChild {
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() {
         impersonate_proxy::ca::init(&certs, false).unwrap();
     }
+    let key = emu.write_service_account_key(dir, SOURCE_SA).unwrap();
     let mut resolve = format!("\"bench.googleapis.com\" = \"{upstream}\"\n");
+    for h in impersonate_proxy::emulator::HOSTS {
+        resolve.push_str(&format!("\"{h}\" = \"{}\"\n", emu.addr()));
+    }
     for i in 0..hosts {
         resolve.push_str(&format!(
             "\"h{i:04}.bench.googleapis.com\" = \"{upstream}\"\n"
         ));
     }
     let cfg = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[upstream]\nextra_ca = [\"{}\"]\n[upstream.resolve]\n{resolve}",
-        upstream_ca.display()
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[[route]]\nname = \"bench\"\nhosts = [\"bench.googleapis.com\", \"*.bench.googleapis.com\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{}\", \"{}\"]\n[upstream.resolve]\n{resolve}",
+        upstream_ca.display(),
+        emu.ca_pem_path().display(),
+        key = key.display(),
+        audit = dir.join("audit.jsonl").display(),
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -361,7 +379,9 @@ async fn keepalive(
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     s.ready().await.unwrap();
-                    bytes += drain(s.send_request(req(path, false)).await.unwrap()).await;
+                    let resp = s.send_request(req(path, false)).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    bytes += drain(resp).await;
                     lat.push(t.elapsed().as_micros() as u32);
                 }
                 (lat, bytes)
@@ -374,7 +394,9 @@ async fn keepalive(
                         let mut bytes = 0;
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            bytes += drain(s.send_request(req(path, true)).await.unwrap()).await;
+                            let resp = s.send_request(req(path, true)).await.unwrap();
+                            assert_eq!(resp.status(), 200);
+                            bytes += drain(resp).await;
                             lat.push(t.elapsed().as_micros() as u32);
                         }
                         (lat, bytes)
@@ -489,19 +511,28 @@ fn main() {
     let (upstream_ca, server_tls) = tls_material(&dir);
     let upstream = start_upstream(server_tls);
     let hosts = 2000;
-    let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts);
-    let ends = Ends {
-        upstream,
-        upstream_tls: client_tls(&upstream_ca, b"h2"),
-        proxy: proxy.addr,
-        proxy_tls: client_tls(&proxy.ca_pem, b"h2"),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("client")
         .enable_all()
         .build()
         .unwrap();
+    let emu = rt
+        .block_on(impersonate_proxy::emulator::Emulator::start(
+            impersonate_proxy::emulator::EmulatorOptions {
+                dir: Some(dir.join("emu")),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    emu.grant_token_creator(SOURCE_SA, TARGET_SA);
+    let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts, &emu);
+    let ends = Ends {
+        upstream,
+        upstream_tls: client_tls(&upstream_ca, b"h2"),
+        proxy: proxy.addr,
+        proxy_tls: client_tls(&proxy.ca_pem, b"h2"),
+    };
     let proxy_stat = PathBuf::from(format!("/proc/{}/stat", proxy.child.id()));
 
     println!(
@@ -526,6 +557,14 @@ fn main() {
     ];
     let mut cpu_ratio = None;
     rt.block_on(async {
+        // The proxy leg must be the real path: routed, token attached, 200.
+        match sender(&ends, Via::Proxy, false).await {
+            Sender::H1(mut s) => {
+                let resp = s.send_request(req("/64", false)).await.unwrap();
+                assert_eq!(resp.status(), 200, "the bench route does not answer 200");
+            }
+            Sender::H2(_) => unreachable!(),
+        }
         for (name, h2, conns, streams, path) in legs {
             let (mut d, mut p) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
@@ -582,7 +621,7 @@ fn main() {
     // Memory: a fresh proxy per transfer so VmHWM is that transfer's peak.
     let gib = if quick { 256 << 20 } else { 1 << 30 };
     for upload in [true, false] {
-        let proxy = start_proxy(&dir, upstream, &upstream_ca, 0);
+        let proxy = start_proxy(&dir, upstream, &upstream_ca, 0, &emu);
         let ends = Ends {
             proxy: proxy.addr,
             proxy_tls: client_tls(&proxy.ca_pem, b"http/1.1"),
