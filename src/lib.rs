@@ -13,6 +13,7 @@ pub mod google;
 mod idle;
 pub mod inject;
 mod listener;
+mod metadata;
 mod observe;
 pub mod proxy;
 pub mod reply;

@@ -241,6 +241,10 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         authorization: Default::default(),
         warm: true,
     });
+    // ADC clients (gcloud, client libraries, Terraform) get a placeholder
+    // from GCE_METADATA_HOST that the route above replaces.
+    cfg.metadata.enabled = true;
+    cfg.metadata.service_account = cfg.routes[0].impersonate.clone();
     cfg
 }
 
@@ -260,14 +264,15 @@ fn run(cfg: Config) -> ExitCode {
         };
         let addr = proxy.local_addr();
         eprintln!("impersonate-proxy listening on http://{addr}");
-        print_exports(addr, &cfg.ca.cert);
+        print_exports(addr, &cfg);
         proxy.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }
 
 /// The lines a user pastes into the shell of the program to proxy.
-fn print_exports(addr: std::net::SocketAddr, ca: &Path) {
+fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
+    let ca = &cfg.ca.cert;
     let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
     let ca = ca.display();
     println!("# Paste into the shell of the program to run through the proxy:");
@@ -277,6 +282,13 @@ fn print_exports(addr: std::net::SocketAddr, ca: &Path) {
     println!("export NODE_EXTRA_CA_CERTS={ca}");
     println!("export CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE={ca}");
     println!("export SSL_CERT_FILE={ca}");
+    if cfg.metadata.enabled {
+        // GCE_METADATA_IP: google-auth (Python) probes it to decide it is
+        // on GCE; GCE_METADATA_ROOT: gcloud.
+        println!("export GCE_METADATA_HOST={addr}");
+        println!("export GCE_METADATA_IP={addr}");
+        println!("export GCE_METADATA_ROOT={addr}");
+    }
 }
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {

@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::forward::{Upstream, UpstreamSetupError};
 use crate::google::{CredentialError, Mint, Token, TokenRequest};
+use crate::metadata::Metadata;
 use crate::routes::{compile_rules, RouteTable};
 use crate::tokens::Registry;
 
@@ -78,8 +79,11 @@ pub(crate) struct Shared {
     pub ca: CertAuthority,
     pub upstream: Upstream,
     pub routes: ArcSwap<RouteTable>,
-    /// Owns the token slots' refresher tasks: dropping it stops them.
-    pub _registry: Registry,
+    /// Owns the token slots' refresher tasks: dropping it stops them. The
+    /// metadata endpoint asks it for slots on demand.
+    pub registry: Registry,
+    /// The metadata-server endpoint, when `[metadata] enabled`.
+    pub metadata: Option<Metadata>,
     pub audit: AuditSink,
     pub h1: http1::Builder,
     pub h2: http2::Builder<TokioExecutor>,
@@ -144,6 +148,11 @@ impl Proxy {
                 addr: cfg.proxy.listen,
                 source,
             })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+        let metadata = Metadata::new(&cfg.metadata, &registry, local)?;
         let shared = Shared {
             intercept: cfg.intercept_patterns()?,
             other: cfg.intercept.other,
@@ -168,7 +177,8 @@ impl Proxy {
             ca,
             upstream,
             routes: ArcSwap::from_pointee(routes),
-            _registry: registry,
+            metadata,
+            registry,
             audit,
             h1,
             h2,
