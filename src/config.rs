@@ -98,6 +98,10 @@ pub struct MetadataConfig {
     /// `…@PROJECT.iam.gserviceaccount.com` service account.
     #[serde(default)]
     pub project_id: Option<String>,
+    /// What `project/numeric-project-id` answers (the project number);
+    /// gcloud needs it to believe it is on GCE. Unset: 404.
+    #[serde(default)]
+    pub numeric_project_id: Option<String>,
     /// The target principal the metadata identity ("default") maps to.
     #[serde(default)]
     pub service_account: Option<String>,
@@ -785,6 +789,14 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "metadata.project_id",
                     format!("`{p}` is not a project ID"),
+                ));
+            }
+        }
+        if let Some(n) = &m.numeric_project_id {
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::invalid(
+                    "metadata.numeric_project_id",
+                    format!("`{n}` is not a project number (digits only, e.g. \"123456789012\")"),
                 ));
             }
         }

@@ -283,11 +283,13 @@ fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
     println!("export CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE={ca}");
     println!("export SSL_CERT_FILE={ca}");
     if cfg.metadata.enabled {
-        // GCE_METADATA_IP: google-auth (Python) probes it to decide it is
-        // on GCE; GCE_METADATA_ROOT: gcloud.
+        // GCE_METADATA_IP: google-auth (Python) and gcloud probe it to
+        // decide they are on GCE; GCE_METADATA_ROOT: gcloud.
         println!("export GCE_METADATA_HOST={addr}");
         println!("export GCE_METADATA_IP={addr}");
         println!("export GCE_METADATA_ROOT={addr}");
+        // Node's proxy agent would CONNECT to the metadata address too.
+        println!("export NO_PROXY={}", addr.ip());
     }
 }
 

@@ -48,6 +48,7 @@ const PLACEHOLDER_EXPIRES_IN: u64 = 3599;
 pub(crate) struct Metadata {
     email: String,
     project_id: Option<String>,
+    numeric_project_id: Option<String>,
     tokens: MetadataTokens,
     real_clients: Vec<String>,
     audiences: Vec<String>,
@@ -83,6 +84,7 @@ impl Metadata {
         });
         Ok(Some(Metadata {
             project_id,
+            numeric_project_id: cfg.numeric_project_id.clone(),
             tokens: cfg.tokens,
             real_clients: cfg.real_clients.clone(),
             audiences: cfg.audiences.clone(),
@@ -173,7 +175,19 @@ impl Metadata {
                 return text(StatusCode::OK, "service-accounts/\n")
             }
             "/computeMetadata/v1/project" | "/computeMetadata/v1/project/" => {
-                return text(StatusCode::OK, "project-id\n")
+                return text(StatusCode::OK, "numeric-project-id\nproject-id\n")
+            }
+            "/computeMetadata/v1/universe/universe-domain" => {
+                return text(StatusCode::OK, "googleapis.com")
+            }
+            "/computeMetadata/v1/project/numeric-project-id" => {
+                return match &self.numeric_project_id {
+                    Some(n) => text(StatusCode::OK, n),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        "no project number: set [metadata] numeric_project_id",
+                    ),
+                };
             }
             "/computeMetadata/v1/project/project-id" => {
                 return match &self.project_id {

@@ -282,7 +282,7 @@ async fn probes_info_and_refusals_look_like_the_metadata_server() {
     let w = emu_world(
         "metadata-probes",
         &format!(
-            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n"
+            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\nnumeric_project_id = \"123456789012\"\n"
         ),
         "",
     )
@@ -298,6 +298,9 @@ async fn probes_info_and_refusals_look_like_the_metadata_server() {
     assert_eq!((a.status, a.body.as_str()), (200, TARGET));
     let a = metadata_get(addr, "/computeMetadata/v1/project/project-id").await;
     assert_eq!((a.status, a.body.as_str()), (200, "emulator-project"));
+    // gcloud's "am I on GCE?" probe.
+    let a = metadata_get(addr, "/computeMetadata/v1/project/numeric-project-id").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "123456789012"));
     let a = metadata_get(addr, &format!("{SA_PATH}/default/?recursive=true")).await;
     assert_eq!(a.status, 200, "{}", a.body);
     let info = json(&a.body);
