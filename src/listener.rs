@@ -144,19 +144,16 @@ async fn dispatch(
         return resp;
     }
     let uri = req.uri();
+    // HTTP_PROXY set as well as GCE_METADATA_HOST: the metadata request
+    // arrives in absolute form, addressed to us.
+    let metadata = shared.metadata.as_ref().filter(|m| {
+        uri.scheme() == Some(&Scheme::HTTP)
+            && uri.authority().is_some_and(|a| m.is_our_host(a.as_str()))
+    });
+    if let Some(m) = metadata {
+        return crate::metadata::handle(&shared, m, peer, client, req, guard).await;
+    }
     match (uri.scheme(), uri.authority()) {
-        // HTTP_PROXY set as well as GCE_METADATA_HOST: the metadata
-        // request arrives in absolute form, addressed to us.
-        (Some(s), Some(a))
-            if *s == Scheme::HTTP
-                && shared
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.is_our_host(a.as_str())) =>
-        {
-            let m = shared.metadata.as_ref().expect("checked in the guard");
-            crate::metadata::handle(&shared, m, peer, client, req, guard).await
-        }
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
             let port = a.port_u16().unwrap_or(80);
             let host = crate::config::normalize_host(a.host());

@@ -265,6 +265,11 @@ fn run(cfg: Config) -> ExitCode {
         let addr = proxy.local_addr();
         eprintln!("impersonate-proxy listening on http://{addr}");
         print_exports(addr, &cfg);
+        if cfg.metadata.enabled
+            && std::env::var("GCE_METADATA_HOST").is_ok_and(|h| h == addr.to_string())
+        {
+            eprintln!("warning: GCE_METADATA_HOST in this shell points at this proxy: an adc or metadata [source] would ask the proxy itself for its token; export it only in the shell of the program to proxy");
+        }
         proxy.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

@@ -288,8 +288,8 @@ impl Metadata {
                 } else {
                     match TokenRequest::access_token(&self.email, &[], &scopes, DEFAULT_LIFETIME) {
                         Ok(r) => match self.on_demand(registry, r) {
-                            Ok(s) => s,
-                            Err(resp) => return resp,
+                            Some(s) => s,
+                            None => return too_many(),
                         },
                         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
                     }
@@ -333,8 +333,8 @@ impl Metadata {
         }
         let slot = match TokenRequest::id_token(&self.email, &[], &audience) {
             Ok(r) => match self.on_demand(registry, r) {
-                Ok(s) => s,
-                Err(resp) => return resp,
+                Some(s) => s,
+                None => return too_many(),
             },
             Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
         };
@@ -349,31 +349,27 @@ impl Metadata {
         }
     }
 
-    /// The slot for a token asked for by scopes or audience, within
-    /// [`MAX_ON_DEMAND`] distinct ones.
-    #[allow(clippy::result_large_err)]
-    fn on_demand(
-        &self,
-        registry: &Registry,
-        request: TokenRequest,
-    ) -> Result<Slot, Response<ProxyBody>> {
+    /// The slot for a token asked for by scopes or audience, or `None`
+    /// when [`MAX_ON_DEMAND`] distinct ones are already kept.
+    fn on_demand(&self, registry: &Registry, request: TokenRequest) -> Option<Slot> {
         let mut slots = self.on_demand.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots.get(&request) {
-            return Ok(slot.clone());
+            return Some(slot.clone());
         }
         if slots.len() >= MAX_ON_DEMAND + self.audiences.len() {
-            return Err(text(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "impersonate-proxy: the metadata endpoint already keeps {} distinct tokens (scope sets and audiences); list the audiences clients need in [metadata] audiences",
-                    slots.len()
-                ),
-            ));
+            return None;
         }
         let slot = registry.slot(request.clone(), false);
         slots.insert(request, slot.clone());
-        Ok(slot)
+        Some(slot)
     }
+}
+
+fn too_many() -> Response<ProxyBody> {
+    text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "impersonate-proxy: the metadata endpoint already keeps the most distinct tokens (scope sets and audiences) it will; list the audiences clients need in [metadata] audiences",
+    )
 }
 
 /// Serves an origin-form request on the listener as the metadata server,

@@ -346,6 +346,17 @@ async fn probes_info_and_refusals_look_like_the_metadata_server() {
         .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // With HTTP_PROXY also set, clients send the same request in
+    // absolute form to the proxy: answered the same way.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET http://{addr}{SA_PATH}/default/email HTTP/1.1\r\nHost: {addr}\r\nMetadata-Flavor: Google\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body(&mut s, &head).await, TARGET);
     // The well-known names are accepted.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -355,4 +366,34 @@ async fn probes_info_and_refusals_look_like_the_metadata_server() {
     .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn on_demand_tokens_are_bounded_without_an_audience_allow_list() {
+    let w = emu_world(
+        "metadata-bounded",
+        &format!("[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n"),
+        "",
+    )
+    .await;
+    w.emu.grant_token_creator(SOURCE_SA, TARGET);
+    let identity =
+        |n: usize| format!("{SA_PATH}/default/identity?audience=https://svc-{n}.example");
+    for n in 0..32 {
+        let a = metadata_get(w.proxy.addr, &identity(n)).await;
+        assert_eq!(a.status, 200, "audience {n}: {}", a.body);
+    }
+    let a = metadata_get(w.proxy.addr, &identity(32)).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.body.contains("[metadata] audiences"), "{}", a.body);
+    // Audiences already kept are still served.
+    assert_eq!(metadata_get(w.proxy.addr, &identity(7)).await.status, 200);
+}
+
+#[tokio::test]
+async fn disabled_endpoint_says_how_to_enable_it() {
+    let w = emu_world("metadata-off", "[audit]\nenabled = false\n", "").await;
+    let a = metadata_get(w.proxy.addr, "/computeMetadata/v1/").await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(a.body.contains("[metadata] enabled = true"), "{}", a.body);
 }
