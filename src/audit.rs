@@ -95,7 +95,8 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 /// written when its response body ends.
 #[derive(Debug, Serialize)]
 pub(crate) struct Record {
-    pub time: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
     pub client: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_name: Option<Arc<str>>,
@@ -121,7 +122,7 @@ pub(crate) struct Record {
 impl Record {
     pub fn new(client: SocketAddr, method: &http::Method, host: &str, path: &str) -> Record {
         Record {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: SystemTime::now(),
             client,
             client_name: None,
             method: method.as_str().to_owned(),
@@ -140,6 +141,11 @@ impl Record {
         }
     }
 
+    /// How long the request has taken so far.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
+
     /// Fills in the totals; called once, when the response is done.
     pub fn finish(&mut self, bytes_out: u64) {
         if let Some(start) = self.start {
@@ -150,4 +156,8 @@ impl Record {
         }
         self.bytes_out = bytes_out;
     }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }

@@ -290,6 +290,7 @@ impl CertAuthority {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         cfg.session_storage = self.sessions.clone();
         tracing::debug!(host, "minted leaf certificate");
+        crate::metrics::global().cert_minted();
         Ok(Arc::new(cfg))
     }
 

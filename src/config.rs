@@ -88,7 +88,7 @@ pub struct Config {
 /// `[metadata]`: origin-form requests with `Metadata-Flavor: Google` on the
 /// proxy listener are answered as the GCE metadata server, so clients
 /// that only know Application Default Credentials work unchanged.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
     /// Serve the endpoint at all.
@@ -166,7 +166,7 @@ pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet, ConfigError> {
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Write audit records at all.
@@ -271,7 +271,7 @@ pub enum AuthorizationPolicy {
 }
 
 /// `[proxy]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The proxy listener (CONNECT and absolute-form `http://`).
@@ -281,6 +281,10 @@ pub struct ProxyConfig {
     /// shutdown signal.
     #[serde(default = "default_drain", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST
+    /// /reload`. Never on the proxy port.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
     /// Serve anyone who can reach a non-loopback `listen` address, without
     /// `[[client]]` entries. Off unless set explicitly.
     #[serde(default)]
@@ -290,6 +294,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            admin: None,
             allow_any_client: false,
             listen: default_listen(),
             drain_timeout: default_drain(),
@@ -306,7 +311,7 @@ fn default_drain() -> Duration {
 }
 
 /// `[ca]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// The CA certificate (PEM).
@@ -335,7 +340,7 @@ fn default_ca_key() -> PathBuf {
 }
 
 /// `[source]`: the source credential (credential A in Google's docs).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Which kind of source credential.
@@ -367,7 +372,7 @@ pub enum SourceKind {
 }
 
 /// `[upstream]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// PEM files trusted in addition to the built-in roots, for forwarding
@@ -459,7 +464,7 @@ pub enum OtherHosts {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Time a client has to send a complete request head (slowloris guard).
@@ -752,6 +757,14 @@ impl Config {
                         "must be non-empty and hold no `:`",
                     ));
                 }
+            }
+        }
+        if let Some(admin) = self.proxy.admin {
+            if admin == self.proxy.listen {
+                return Err(ConfigError::invalid(
+                    "proxy.admin",
+                    "must differ from proxy.listen: the admin endpoints are never served on the proxy port",
+                ));
             }
         }
         let ip = self.proxy.listen.ip();

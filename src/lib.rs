@@ -2,6 +2,7 @@
 //! hosts and forwards each request with a credential chosen by route.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod audit;
 pub mod ca;
 mod clients;
@@ -14,6 +15,7 @@ mod idle;
 pub mod inject;
 mod listener;
 mod metadata;
+mod metrics;
 mod observe;
 pub mod proxy;
 pub mod reply;
@@ -24,4 +26,4 @@ pub mod tokens;
 mod tunnel;
 
 pub use config::Config;
-pub use proxy::{Proxy, StartError};
+pub use proxy::{Proxy, Reloader, StartError};

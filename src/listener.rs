@@ -68,6 +68,7 @@ async fn serve_client(
     peer: SocketAddr,
     permit: ConnPermit,
 ) {
+    let _open = crate::metrics::global().connection();
     let _ = stream.set_nodelay(true);
     let svc_shared = shared.clone();
     let activity = Activity::new();
@@ -106,7 +107,8 @@ async fn dispatch(
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
-    let client = match shared
+    let policy = shared.policy.load_full();
+    let client = match policy
         .clients
         .identify(peer.ip(), req.headers().get(header::PROXY_AUTHORIZATION))
     {
@@ -125,7 +127,7 @@ async fn dispatch(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let name = client.as_ref().map(|c| c.name.clone());
-        let resp = tunnel::connect(shared.clone(), peer, client, permit, req).await;
+        let resp = tunnel::connect(shared.clone(), &policy, peer, client, permit, req).await;
         // Intercepted requests get their own records; here the CONNECT
         // itself is recorded when it is refused or spliced blind.
         if let Some(action) = resp
@@ -157,7 +159,7 @@ async fn dispatch(
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
             let port = a.port_u16().unwrap_or(80);
             let host = crate::config::normalize_host(a.host());
-            if !shared.intercepts(&host) {
+            if !policy.intercepts(&host) {
                 // Plain http to other hosts is never proxied, even with
                 // other = "tunnel": it would let a client reach internal
                 // addresses (the metadata server) through us.

@@ -14,8 +14,17 @@ use impersonate_proxy::{ca, Config, Proxy};
     about = "Call Google APIs as another service account, through a local proxy"
 )]
 struct Cli {
+    /// Log format on stderr (RUST_LOG sets the level, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +111,7 @@ fn main() -> ExitCode {
         }
     };
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Token { .. });
-    init_logging(if quiet { "warn" } else { "info" });
+    init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { dir, force },
@@ -112,14 +121,14 @@ fn main() -> ExitCode {
             config: Some(config),
             ..
         } => match load(&config) {
-            Ok(cfg) => run(cfg),
+            Ok(cfg) => run(cfg, Some(config)),
             Err(code) => code,
         },
         Command::Run {
             impersonate,
             listen,
             ..
-        } => run(zero_config(impersonate.unwrap_or_default(), listen)),
+        } => run(zero_config(impersonate.unwrap_or_default(), listen), None),
         Command::Demo { listen } => demo(listen),
         Command::Token {
             impersonate,
@@ -139,13 +148,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -248,7 +260,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
     cfg
 }
 
-fn run(cfg: Config) -> ExitCode {
+fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(2, e);
     }
@@ -262,8 +274,16 @@ fn run(cfg: Config) -> ExitCode {
             Err(e) if e.is_config() => return fail(2, e),
             Err(e) => return fail(1, e),
         };
+        let proxy = match path {
+            Some(p) => proxy.with_config_file(p),
+            None => proxy,
+        };
         let addr = proxy.local_addr();
         eprintln!("impersonate-proxy listening on http://{addr}");
+        if let Some(admin) = proxy.admin_addr() {
+            eprintln!("admin endpoint on http://{admin} (/healthz /readyz /metrics, POST /reload)");
+        }
+        reload_on_sighup(proxy.reloader());
         print_exports(addr, &cfg);
         if cfg.metadata.enabled
             && std::env::var("GCE_METADATA_HOST").is_ok_and(|h| h == addr.to_string())
@@ -351,6 +371,25 @@ fn token(
         }
         Err(e) => fail(1, e),
     }
+}
+
+/// Reloads the config on every SIGHUP.
+fn reload_on_sighup(reloader: impersonate_proxy::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // reload() logs the outcome itself.
+                let _ = reloader.reload();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Completes on Ctrl-C or SIGTERM.

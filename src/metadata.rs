@@ -385,20 +385,18 @@ pub(crate) async fn handle(
     let resp = metadata
         .answer(&shared.registry, client.as_ref(), &req)
         .await;
-    let audit = shared.audit.enabled().then(|| {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        let mut r = Record::new(peer, req.method(), host, req.uri().path());
-        r.client_name = client.map(|c| c.name);
-        r.action = "metadata";
-        r.target_principal = Some(metadata.email.clone());
-        r.status = resp.status().as_u16();
-        (shared.audit.clone(), r)
-    });
-    observe::finish(resp, guard, audit)
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let mut record = Record::new(peer, req.method(), host, req.uri().path());
+    record.client_name = client.map(|c| c.name);
+    record.action = "metadata";
+    record.target_principal = Some(metadata.email.clone());
+    record.status = resp.status().as_u16();
+    let audit = shared.audit.enabled().then(|| shared.audit.clone());
+    observe::finish(resp, guard, record, audit)
 }
 
 /// A fresh placeholder: unique, and recognisable by its prefix.

@@ -57,16 +57,19 @@ impl Body for CountedIn {
 }
 
 /// Wraps a response so that the connection counts it as in flight until
-/// its body is done, and its audit record is written then.
+/// its body is done; then the request is counted in the metrics and its
+/// audit record (if auditing is on) is written.
 pub(crate) fn finish(
     resp: Response<ProxyBody>,
     guard: InFlight,
-    audit: Option<(AuditSink, Record)>,
+    record: Record,
+    audit: Option<AuditSink>,
 ) -> Response<ProxyBody> {
     resp.map(|inner| {
         http_body_util::BodyExt::boxed(Tracked {
             inner,
             bytes_out: 0,
+            record: Some(record),
             audit,
             _guard: guard,
         })
@@ -76,7 +79,8 @@ pub(crate) fn finish(
 struct Tracked {
     inner: ProxyBody,
     bytes_out: u64,
-    audit: Option<(AuditSink, Record)>,
+    record: Option<Record>,
+    audit: Option<AuditSink>,
     _guard: InFlight,
 }
 
@@ -109,9 +113,17 @@ impl Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Some((sink, mut record)) = self.audit.take() {
+        if let Some(mut record) = self.record.take() {
             record.finish(self.bytes_out);
-            sink.write(&record);
+            crate::metrics::global().request(
+                record.route.as_deref(),
+                record.client_name.as_deref(),
+                record.status,
+                record.elapsed(),
+            );
+            if let Some(sink) = &self.audit {
+                sink.write(&record);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditSink;
 use crate::ca::{CaError, CertAuthority};
 use crate::clients::{ClientError, Clients};
+
 use crate::config::{
     normalize_host, parse_cidr, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts,
 };
@@ -65,24 +66,60 @@ impl StartError {
     }
 }
 
-/// State every connection and request shares.
-pub(crate) struct Shared {
+/// What a reload can change: which hosts are intercepted, who may use the
+/// proxy, egress policy, and the routes. Swapped whole, atomically; readers
+/// never block.
+pub(crate) struct Policy {
     pub intercept: Vec<HostPattern>,
     pub other: OtherHosts,
     pub intercept_ports: Vec<u16>,
     pub allow_private: Vec<ipnet::IpNet>,
     pub allow_ip_literals: bool,
     pub clients: Clients,
+    pub routes: RouteTable,
+}
+
+impl Policy {
+    /// Builds the policy of `cfg`; slots come from `registry`, so a token
+    /// whose request did not change keeps its slot (no re-mint).
+    fn build(cfg: &Config, registry: &Registry) -> Result<Policy, StartError> {
+        cfg.validate()?;
+        let specs = compile_rules(cfg)?;
+        Ok(Policy {
+            intercept: cfg.intercept_patterns()?,
+            other: cfg.intercept.other,
+            intercept_ports: cfg.intercept.ports.clone(),
+            allow_private: cfg
+                .intercept
+                .allow_private
+                .iter()
+                .filter_map(|c| parse_cidr("", c).ok())
+                .collect(),
+            allow_ip_literals: cfg.intercept.allow_ip_literals,
+            clients: Clients::load(cfg)?,
+            routes: RouteTable::build(&specs, registry),
+        })
+    }
+
+    /// Whether CONNECTs to `host` (normalized) are terminated and routed.
+    pub fn intercepts(&self, host: &str) -> bool {
+        host.parse::<std::net::IpAddr>().is_err() && self.intercept.iter().any(|p| p.matches(host))
+    }
+}
+
+/// State every connection and request shares.
+pub(crate) struct Shared {
+    pub policy: ArcSwap<Policy>,
     pub limits: LimitsConfig,
     pub resolve: BTreeMap<String, SocketAddr>,
     pub connect_timeout: Duration,
     pub ca: CertAuthority,
     pub upstream: Upstream,
-    pub routes: ArcSwap<RouteTable>,
-    /// Owns the token slots' refresher tasks: dropping it stops them. The
-    /// metadata endpoint asks it for slots on demand.
+    /// Owns the token slots and their refresher tasks; the metadata
+    /// endpoint asks it for slots on demand.
     pub registry: Registry,
-    /// The metadata-server endpoint, when `[metadata] enabled`.
+    /// The metadata-server endpoint, when `[metadata] enabled` (a restart
+    /// applies changes to it, a reload does not).
     pub metadata: Option<Metadata>,
     pub audit: AuditSink,
     pub h1: http1::Builder,
@@ -90,12 +127,92 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// The config as started, to tell what a reload cannot change.
+    pub started: Config,
+    /// Where `reload` reads the config from.
+    pub config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Shared {
-    /// Whether CONNECTs to `host` (normalized) are terminated and routed.
-    pub fn intercepts(&self, host: &str) -> bool {
-        host.parse::<std::net::IpAddr>().is_err() && self.intercept.iter().any(|p| p.matches(host))
+    /// Re-reads the config file and swaps in its policy. On any error the
+    /// running policy stays. Returns what happened, for the log and the
+    /// admin endpoint.
+    pub fn reload(&self) -> Result<String, String> {
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("the proxy was not started from a config file; nothing to reload")?;
+        let result = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                Policy::build(&cfg, &self.registry)
+                    .map(|p| (cfg, p))
+                    .map_err(|e| e.to_string())
+            });
+        let (cfg, policy) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                crate::metrics::global().reload(false);
+                tracing::error!(config = %path.display(), error = %e, "reload failed; keeping the running config");
+                return Err(format!("reload failed, running config kept: {e}"));
+            }
+        };
+        let mut restart = Vec::new();
+        let s = &self.started;
+        if cfg.proxy.listen != s.proxy.listen || cfg.proxy.admin != s.proxy.admin {
+            restart.push("[proxy] listen/admin");
+        }
+        if cfg.ca != s.ca {
+            restart.push("[ca]");
+        }
+        if cfg.source != s.source {
+            restart.push("[source]");
+        }
+        if cfg.upstream != s.upstream {
+            restart.push("[upstream]");
+        }
+        if cfg.limits != s.limits {
+            restart.push("[limits]");
+        }
+        if cfg.audit != s.audit {
+            restart.push("[audit]");
+        }
+        if cfg.metadata != s.metadata {
+            restart.push("[metadata]");
+        }
+        let routes = policy.routes.routes().len();
+        self.policy.store(Arc::new(policy));
+        crate::metrics::global().reload(true);
+        let mut msg = format!("reloaded {}: {routes} routes", path.display());
+        if !restart.is_empty() {
+            msg.push_str(&format!(
+                "; changes to {} need a restart and were not applied",
+                restart.join(", ")
+            ));
+            tracing::warn!(config = %path.display(), needs_restart = %restart.join(", "), "reload applied routes, clients and intercept policy; other changes need a restart");
+        }
+        tracing::info!(config = %path.display(), routes, "config reloaded");
+        Ok(msg)
+    }
+}
+
+/// A handle that reloads the running proxy's config (SIGHUP, `POST
+/// /reload`).
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// Re-reads the config file; see [`Proxy::with_config_file`].
+    pub fn reload(&self) -> Result<String, String> {
+        self.0.reload()
     }
 }
 
@@ -103,6 +220,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     drain_timeout: Duration,
 }
 
@@ -115,15 +233,12 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Loads the CA, builds the upstream client and binds the listener.
+    /// Loads the CA, builds the upstream client and binds the listeners.
     pub async fn bind(cfg: &Config) -> Result<Proxy, StartError> {
-        cfg.validate()?;
-        let specs = compile_rules(cfg)?;
-        let clients = Clients::load(cfg)?;
         let ca = CertAuthority::load(&cfg.ca.cert, &cfg.ca.key)?;
         let upstream = Upstream::new(&cfg.upstream)?;
         let registry = registry_for(cfg);
-        let routes = RouteTable::build(&specs, &registry);
+        let policy = Policy::build(cfg, &registry)?;
         let audit = AuditSink::start(&cfg.audit).map_err(StartError::Audit)?;
         let l = cfg.limits.clone();
 
@@ -153,18 +268,16 @@ impl Proxy {
             source,
         })?;
         let metadata = Metadata::new(&cfg.metadata, &registry, local)?;
+        let admin = match cfg.proxy.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Shared {
-            intercept: cfg.intercept_patterns()?,
-            other: cfg.intercept.other,
-            intercept_ports: cfg.intercept.ports.clone(),
-            allow_private: cfg
-                .intercept
-                .allow_private
-                .iter()
-                .filter_map(|c| parse_cidr("", c).ok())
-                .collect(),
-            allow_ip_literals: cfg.intercept.allow_ip_literals,
-            clients,
+            policy: ArcSwap::from_pointee(policy),
             resolve: cfg
                 .upstream
                 .resolve
@@ -176,7 +289,6 @@ impl Proxy {
             limits: l,
             ca,
             upstream,
-            routes: ArcSwap::from_pointee(routes),
             metadata,
             registry,
             audit,
@@ -184,12 +296,39 @@ impl Proxy {
             h2,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            started: cfg.clone(),
+            config_path: std::sync::Mutex::new(None),
         };
+        tracing::info!(
+            routes = shared.policy.load().routes.routes().len(),
+            "config loaded"
+        );
         Ok(Proxy {
             shared: Arc::new(shared),
             listener,
+            admin,
             drain_timeout: cfg.proxy.drain_timeout,
         })
+    }
+
+    /// Makes `reload` (SIGHUP, `POST /reload`) re-read this file.
+    pub fn with_config_file(self, path: std::path::PathBuf) -> Proxy {
+        *self
+            .shared
+            .config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(path);
+        self
+    }
+
+    /// A handle to reload the config while serving.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
+    }
+
+    /// The admin listener's address, if `[proxy] admin` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address the listener is bound to.
@@ -206,8 +345,12 @@ impl Proxy {
         let Proxy {
             shared,
             listener,
+            admin,
             drain_timeout,
         } = self;
+        // The admin endpoint outlives the drain, so /readyz answers 503
+        // while in-flight requests finish.
+        let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(shared.clone(), l)));
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
         crate::listener::accept_loop(&shared, listener, signal).await;
         tracing::info!(
@@ -219,6 +362,9 @@ impl Proxy {
         let drained = tokio::time::timeout(drain_timeout, shared.tasks.wait())
             .await
             .is_ok();
+        if let Some(t) = admin_task {
+            t.abort();
+        }
         if drained {
             tracing::info!("shutdown complete");
         } else {

@@ -104,22 +104,17 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
-    let mut record = shared.audit.enabled().then(|| {
-        let mut r = Record::new(
-            origin.client,
-            req.method(),
-            &origin.target.host,
-            req.uri().path(),
-        );
-        r.client_name = origin.client_id.as_ref().map(|c| c.name.clone());
-        r
-    });
-    let resp = route_and_forward(&shared, &origin, req, record.as_mut()).await;
-    let audit = record.map(|mut r| {
-        r.status = resp.status().as_u16();
-        (shared.audit.clone(), r)
-    });
-    observe::finish(resp, guard, audit)
+    let mut record = Record::new(
+        origin.client,
+        req.method(),
+        &origin.target.host,
+        req.uri().path(),
+    );
+    record.client_name = origin.client_id.as_ref().map(|c| c.name.clone());
+    let resp = route_and_forward(&shared, &origin, req, &mut record).await;
+    record.status = resp.status().as_u16();
+    let audit = shared.audit.enabled().then(|| shared.audit.clone());
+    observe::finish(resp, guard, record, audit)
 }
 
 /// What the matched route decided, owned so that no borrow of the route
@@ -140,7 +135,7 @@ async fn route_and_forward(
     shared: &Shared,
     origin: &Origin,
     req: Request<Incoming>,
-    record: Option<&mut Record>,
+    record: &mut Record,
 ) -> Response<ProxyBody> {
     let is_grpc = is_grpc(req.headers());
     let target = &origin.target;
@@ -188,11 +183,15 @@ async fn route_and_forward(
         );
     }
 
-    let mut record = record;
     let (mut parts, body) = req.into_parts();
     let decision = {
-        let table = shared.routes.load();
-        let Some(route) = table.find(&target.host, &parts.method, parts.uri.path()) else {
+        let policy = shared.policy.load();
+        let client = origin.client_id.as_ref().map(|c| c.index);
+        let Some(route) =
+            policy
+                .routes
+                .find_for(&target.host, &parts.method, parts.uri.path(), client)
+        else {
             return reply::error_for(
                 is_grpc,
                 StatusCode::FORBIDDEN,
@@ -204,13 +203,11 @@ async fn route_and_forward(
                 ),
             );
         };
-        if let Some(r) = record.as_deref_mut() {
-            r.route = Some(route.name.clone());
-            r.action = route.action.kind();
-            if let Action::Inject { slot, .. } = &route.action {
-                r.target_principal = Some(slot.request().target_principal().to_owned());
-                r.delegates = slot.request().delegates().to_vec();
-            }
+        record.route = Some(route.name.clone());
+        record.action = route.action.kind();
+        if let Action::Inject { slot, .. } = &route.action {
+            record.target_principal = Some(slot.request().target_principal().to_owned());
+            record.delegates = slot.request().delegates().to_vec();
         }
         if target.scheme == Scheme::HTTP && matches!(route.action, Action::Inject { .. }) {
             Decision::Refuse(reply::error_for(
@@ -294,14 +291,9 @@ async fn route_and_forward(
         }
     }
 
-    let body = match record {
-        Some(r) => {
-            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            r.counted_in = Some(count.clone());
-            CountedIn::boxed(body, count)
-        }
-        None => stream_body(body),
-    };
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    record.counted_in = Some(count.clone());
+    let body = CountedIn::boxed(body, count);
     let req = Request::from_parts(parts, body);
     match shared.upstream.send(req).await {
         Ok(resp) => {

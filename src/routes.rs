@@ -1,7 +1,9 @@
 //! The compiled rule table: (host, method, path, client) → the first
-//! matching route and its action. Host matching is by map, not by scan:
-//! exact names in one map, `*.suffix` patterns in another keyed by suffix,
-//! so a table of 1,000 rules costs a few lookups, not 1,000 comparisons.
+//! matching route and its action. Matching is by map, not by scan: exact
+//! names in one map (each also holding the `*.suffix` rules that cover
+//! it), `*.suffix` patterns in another keyed by suffix, and under each the
+//! path-prefix rules keyed by prefix, so a table of 1,000 rules costs a
+//! few lookups, not 1,000 comparisons.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,29 +64,31 @@ impl Action {
 pub struct Route {
     /// The rule's name.
     pub name: Arc<str>,
-    path_prefix: Option<Box<str>>,
     methods: Vec<Method>,
+    /// `[[client]]` indices allowed; empty means any client.
+    clients: Vec<u32>,
     /// What it does.
     pub action: Action,
+    /// Its token is minted at start and `/readyz` waits for it.
+    pub warm: bool,
 }
 
 impl Route {
-    fn matches_rest(&self, method: &Method, path: &str) -> bool {
+    #[inline]
+    fn allows(&self, method: &Method, client: Option<u32>) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|p| path_has_prefix(path, p))
+            && (self.clients.is_empty() || client.is_some_and(|c| self.clients.contains(&c)))
     }
 }
 
-/// `prefix` matches whole segments: `/storage/v1/b` matches `/storage/v1/b`
-/// and `/storage/v1/b/x`, not `/storage/v1/bx`.
-fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
-        None => false,
-    }
+/// Whether `path[..k]` can equal a matching `path_prefix`. A prefix
+/// matches whole segments (`/storage/v1/b` matches `/storage/v1/b` and
+/// `/storage/v1/b/x`, not `/storage/v1/bx`; one ending in `/` matches
+/// whatever follows it), so `k` is the whole path, or sits just before or
+/// just after a `/`.
+#[inline]
+fn is_cut(path: &[u8], k: usize) -> bool {
+    k != 0 && (k == path.len() || path[k] == b'/' || path[k - 1] == b'/')
 }
 
 /// A fast, non-keyed hash for the host maps. The keys come from the
@@ -94,26 +98,58 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 #[derive(Default, Clone, Copy)]
 struct FxHasher(u64);
 
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
 impl std::hash::Hasher for FxHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
         let mut h = self.0;
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
             let mut w = [0u8; 8];
             w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(FX_K);
         }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        let rest = chunks.remainder();
+        // One round for the tail, not one per byte (host names and path
+        // prefixes are rarely a multiple of 8 long), and fixed-size reads,
+        // not a `memcpy` call. (`str` hashing appends 0xff after the bytes,
+        // so an overlapping or zero-padded tail cannot make equal hashes
+        // for different strings any likelier.)
+        let tail = if rest.is_empty() {
+            None
+        } else if bytes.len() >= 8 {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[bytes.len() - 8..]);
+            Some(u64::from_le_bytes(w))
+        } else {
+            let (mut w, mut i) = (0u64, 0usize);
+            if rest.len() >= 4 {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(&rest[..4]);
+                w = u64::from(u32::from_le_bytes(a));
+                i = 4;
+            }
+            if rest.len() - i >= 2 {
+                let mut a = [0u8; 2];
+                a.copy_from_slice(&rest[i..i + 2]);
+                w |= u64::from(u16::from_le_bytes(a)) << (8 * i);
+                i += 2;
+            }
+            if rest.len() > i {
+                w |= u64::from(rest[i]) << (8 * i);
+            }
+            Some(w)
+        };
+        if let Some(w) = tail {
+            h = (h.rotate_left(5) ^ w).wrapping_mul(FX_K);
         }
         self.0 = h;
     }
 
     #[inline]
     fn write_u8(&mut self, b: u8) {
-        self.write(&[b]);
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(FX_K);
     }
 
     #[inline]
@@ -122,14 +158,71 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
-type HostMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
+type FxBuild = BuildHasherDefault<FxHasher>;
 
-/// The rule table, built once per config.
+/// The routes naming one host key, split so that a lookup never scans the
+/// rules whose path prefix cannot match: those are found by hashing the
+/// few prefixes of the request path that could equal one.
+#[derive(Default)]
+struct Candidates {
+    /// Routes without a path prefix, ascending.
+    any_path: Vec<u32>,
+    /// `path_prefix` → routes with it, ascending.
+    by_prefix: HashMap<Box<str>, Vec<u32>, FxBuild>,
+    /// Bit k set: some prefix not ending in `/` is k bytes long (k < 64).
+    seg_lens: u64,
+    /// Bit k set: some prefix ending in `/` is k bytes long (k < 64).
+    dir_lens: u64,
+    /// Some prefix is 64 bytes or longer.
+    long_prefix: bool,
+}
+
+impl Candidates {
+    fn push(&mut self, idx: u32, path_prefix: Option<&str>) {
+        match path_prefix {
+            None => self.any_path.push(idx),
+            Some(p) => {
+                match p.len() {
+                    k @ 0..64 if p.ends_with('/') => self.dir_lens |= 1 << k,
+                    k @ 0..64 => self.seg_lens |= 1 << k,
+                    _ => self.long_prefix = true,
+                }
+                self.by_prefix.entry(p.into()).or_default().push(idx);
+            }
+        }
+    }
+
+    /// Adds `other`'s routes (lists are sorted again by [`Self::finish`]).
+    fn merge(&mut self, other: &Candidates) {
+        self.any_path.extend_from_slice(&other.any_path);
+        for (p, list) in &other.by_prefix {
+            self.by_prefix
+                .entry(p.clone())
+                .or_default()
+                .extend_from_slice(list);
+        }
+        self.seg_lens |= other.seg_lens;
+        self.dir_lens |= other.dir_lens;
+        self.long_prefix |= other.long_prefix;
+    }
+
+    /// Sorts every list ascending (the scan stops at the first match).
+    fn finish(&mut self) {
+        for v in std::iter::once(&mut self.any_path).chain(self.by_prefix.values_mut()) {
+            v.sort_unstable();
+            v.dedup();
+        }
+    }
+}
+
+type HostMap = HashMap<Box<str>, Candidates, FxBuild>;
+
+/// The rule table, built once per config (and again on reload).
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Exact host → indices of routes naming it, ascending.
+    /// Exact host → the routes naming it or a `*.suffix` covering it.
     exact: HostMap,
-    /// `.suffix` → indices of routes with `*.suffix`, ascending.
+    /// `.suffix` → the routes with `*.suffix`.
     suffix: HostMap,
     /// Bit n set: some suffix pattern has n labels (skip other lookups).
     suffix_labels: u64,
@@ -157,6 +250,8 @@ pub struct RuleSpec {
     pub methods: Vec<Method>,
     /// Its `[[client]]` names (empty = any).
     pub clients: Vec<String>,
+    /// The same clients as indices into `[[client]]`.
+    pub client_indices: Vec<u32>,
     /// What it does.
     pub action: ActionSpec,
 }
@@ -222,12 +317,13 @@ impl fmt::Display for RuleSpec {
 
 /// Validates every `[[route]]` and turns it into a [`RuleSpec`].
 pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
+    let clients: Vec<&str> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
     let mut names = std::collections::HashSet::new();
     cfg.routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let spec = compile_rule(i, r)?;
+            let spec = compile_rule(i, r, &clients)?;
             if !names.insert(spec.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("route[{i}].name"),
@@ -242,7 +338,7 @@ pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
         .collect()
 }
 
-fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
+fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec, ConfigError> {
     let key = |field: &str| format!("route[{i}].{field} (route \"{}\")", r.name);
     if r.name.trim().is_empty() {
         return Err(ConfigError::invalid(
@@ -279,14 +375,17 @@ fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(c) = r.clients.first() {
-        // Client identities arrive with [[client]]; until a route can be
-        // limited to a client, accepting the key would silently apply the
-        // route to everyone.
-        return Err(ConfigError::invalid(
-            key("clients"),
-            format!("no [[client]] named `{c}` is defined"),
-        ));
+    let mut client_indices = Vec::with_capacity(r.clients.len());
+    for c in &r.clients {
+        match clients.iter().position(|known| known == c) {
+            Some(i) => client_indices.push(u32::try_from(i).expect("fewer than 2^32 clients")),
+            None => {
+                return Err(ConfigError::invalid(
+                    key("clients"),
+                    format!("no [[client]] named `{c}` is defined"),
+                ))
+            }
+        }
     }
     let chosen = [
         r.impersonate.is_some(),
@@ -374,6 +473,7 @@ fn compile_rule(i: usize, r: &RouteConfig) -> Result<RuleSpec, ConfigError> {
         path_prefix: r.path_prefix.clone(),
         methods,
         clients: r.clients.clone(),
+        client_indices,
         action,
     })
 }
@@ -390,16 +490,21 @@ impl RouteTable {
             let idx = u32::try_from(i).expect("fewer than 2^32 routes");
             for h in &spec.hosts {
                 match h {
-                    HostPattern::Exact(name) => {
-                        exact.entry(name.as_str().into()).or_default().push(idx)
-                    }
+                    HostPattern::Exact(name) => exact
+                        .entry(name.as_str().into())
+                        .or_default()
+                        .push(idx, spec.path_prefix.as_deref()),
                     HostPattern::Suffix(sfx) => {
                         let labels = sfx.matches('.').count().min(63);
                         suffix_labels |= 1 << labels;
-                        suffix.entry(sfx.as_str().into()).or_default().push(idx);
+                        suffix
+                            .entry(sfx.as_str().into())
+                            .or_default()
+                            .push(idx, spec.path_prefix.as_deref());
                     }
                 }
             }
+            let warm = matches!(spec.action, ActionSpec::Inject { warm: true, .. });
             let action = match &spec.action {
                 ActionSpec::Inject {
                     request,
@@ -418,13 +523,23 @@ impl RouteTable {
             };
             routes.push(Route {
                 name: spec.name.as_str().into(),
-                path_prefix: spec.path_prefix.as_deref().map(Into::into),
                 methods: spec.methods.clone(),
+                clients: spec.client_indices.clone(),
                 action,
+                warm,
             });
         }
-        for v in exact.values_mut().chain(suffix.values_mut()) {
-            v.dedup();
+        // A named host also matches the `*.suffix` patterns that cover
+        // it; folding those in here makes a named host one lookup.
+        for (host, c) in exact.iter_mut() {
+            for (pos, _) in host.match_indices('.').filter(|&(pos, _)| pos > 0) {
+                if let Some(s) = suffix.get(&host[pos..]) {
+                    c.merge(s);
+                }
+            }
+        }
+        for c in exact.values_mut().chain(suffix.values_mut()) {
+            c.finish();
         }
         RouteTable {
             routes,
@@ -434,36 +549,122 @@ impl RouteTable {
         }
     }
 
-    /// The first route matching `host` (normalized), `method` and `path`
-    /// (without query). No allocation, no lock.
+    /// Every route, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// [`RouteTable::find_for`] an anonymous client (no `[[client]]`).
     #[inline]
     pub fn find(&self, host: &str, method: &Method, path: &str) -> Option<&Route> {
+        self.find_for(host, method, path, None)
+    }
+
+    /// The first route matching `host` (normalized), `method`, `path`
+    /// (without query) and `client` (a `[[client]]` index). No allocation,
+    /// no lock, and no scan of the rules whose host or path prefix cannot
+    /// match.
+    #[inline]
+    pub fn find_for(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+    ) -> Option<&Route> {
         let mut best = u32::MAX;
-        if let Some(list) = self.exact.get(host) {
-            best = self.first_in(list, best, method, path);
-        }
-        if self.suffix_labels != 0 {
-            // Every proper suffix starting at a dot: ".b.c", ".c" of "a.b.c".
-            let mut labels = host.matches('.').count();
-            for (pos, _) in host.match_indices('.') {
+        if let Some(c) = self.exact.get(host) {
+            // Holds the `*.suffix` routes covering `host` too.
+            best = self.first_in(c, best, method, path, client);
+        } else if self.suffix_labels != 0 {
+            // Every proper suffix starting at a dot, right to left: ".c",
+            // ".b.c" of "a.b.c", only for label counts some pattern has,
+            // and no further left than the longest pattern reaches (bit 63
+            // stands for 63 labels or more).
+            let most = 63 - self.suffix_labels.leading_zeros() as usize;
+            let mut labels = 0usize;
+            // A plain loop: `rfind` costs more per call than a host name
+            // has bytes.
+            for (pos, &b) in host.as_bytes().iter().enumerate().rev() {
+                if b != b'.' {
+                    continue;
+                }
+                labels += 1;
+                if most < 63 && labels > most {
+                    break;
+                }
                 if self.suffix_labels & (1 << labels.min(63)) != 0 {
-                    if let Some(list) = self.suffix.get(&host[pos..]) {
-                        best = self.first_in(list, best, method, path);
+                    if let Some(c) = self.suffix.get(&host[pos..]) {
+                        best = self.first_in(c, best, method, path, client);
                     }
                 }
-                labels -= 1;
             }
         }
         self.routes.get(best as usize)
     }
 
+    /// The lowest route index below `best` among `c` that allows `method`
+    /// and whose path prefix (if any) matches `path`; else `best`.
     #[inline]
-    fn first_in(&self, list: &[u32], best: u32, method: &Method, path: &str) -> u32 {
+    fn first_in(
+        &self,
+        c: &Candidates,
+        mut best: u32,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+    ) -> u32 {
+        best = self.first_allowing(&c.any_path, best, method, client);
+        let bytes = path.as_bytes();
+        // Only the lengths some prefix has, and only where a prefix could
+        // end: usually one or two probes, however many prefixes there are.
+        let upto = match bytes.len() {
+            n @ 0..63 => (1 << (n + 1)) - 1,
+            _ => u64::MAX,
+        };
+        let mut lens = (c.seg_lens | c.dir_lens) & upto;
+        while lens != 0 {
+            let k = lens.trailing_zeros() as usize;
+            lens &= lens - 1;
+            // A prefix without a trailing `/` ends the path or a segment;
+            // one with it ends right after a `/`. (Bit 0 is never set.)
+            let seg = c.seg_lens >> k & 1 != 0 && (k == bytes.len() || bytes[k] == b'/');
+            let dir = c.dir_lens >> k & 1 != 0 && bytes[k - 1] == b'/';
+            if seg || dir {
+                best = self.probe(c, best, method, path, k, client);
+            }
+        }
+        if c.long_prefix {
+            for k in (64..=bytes.len()).filter(|&k| is_cut(bytes, k)) {
+                best = self.probe(c, best, method, path, k, client);
+            }
+        }
+        best
+    }
+
+    #[inline]
+    fn probe(
+        &self,
+        c: &Candidates,
+        best: u32,
+        method: &Method,
+        path: &str,
+        k: usize,
+        client: Option<u32>,
+    ) -> u32 {
+        match c.by_prefix.get(&path[..k]) {
+            Some(list) => self.first_allowing(list, best, method, client),
+            None => best,
+        }
+    }
+
+    #[inline]
+    fn first_allowing(&self, list: &[u32], best: u32, method: &Method, client: Option<u32>) -> u32 {
         for &i in list {
             if i >= best {
                 break;
             }
-            if self.routes[i as usize].matches_rest(method, path) {
+            if self.routes[i as usize].allows(method, client) {
                 return i;
             }
         }

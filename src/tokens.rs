@@ -226,6 +226,7 @@ pub(crate) fn refresh_delay(left: Duration) -> Duration {
 async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
     shared.wake.notified().await;
     let target = shared.request.target_principal().to_owned();
+    let label = shared.request.to_string();
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut current: Option<Ready> = None;
     let mut last_error: Option<Arc<CredentialError>> = None;
@@ -252,7 +253,10 @@ async fn refresher(shared: Arc<Shared>, minter: Arc<dyn Mint>) {
             }
             None => mint.await,
         };
-        match result.and_then(Ready::new) {
+        let result = result.and_then(Ready::new);
+        crate::metrics::global()
+            .token_mint(&label, result.as_ref().map(|_| ()).map_err(|e| e.reason()));
+        match result {
             Ok(ready) => {
                 let delay = refresh_delay(ready.token.expires_in());
                 tracing::info!(target_principal = %target, token = %ready.token, "token minted");

@@ -21,7 +21,7 @@ use crate::config::{normalize_host, OtherHosts};
 use crate::forward::{full_body, ProxyBody};
 use crate::idle::{ActiveIo, Activity};
 use crate::listener::ConnPermit;
-use crate::proxy::Shared;
+use crate::proxy::{Policy, Shared};
 use crate::reply;
 use crate::request::{self, Origin, Target};
 
@@ -39,6 +39,7 @@ fn outcome(mut resp: Response<ProxyBody>, what: &'static str) -> Response<ProxyB
 /// tunnel once hyper hands over the connection.
 pub(crate) async fn connect(
     shared: Arc<Shared>,
+    policy: &Policy,
     peer: SocketAddr,
     client: Option<ClientId>,
     permit: ConnPermit,
@@ -49,13 +50,13 @@ pub(crate) async fn connect(
         Err(msg) => return reply::error(StatusCode::BAD_REQUEST, &msg),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    if shared.intercepts(&host) {
-        if !shared.intercept_ports.contains(&port) {
+    if policy.intercepts(&host) {
+        if !policy.intercept_ports.contains(&port) {
             return reply::error(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "port {port} is not allowed for {host}; [intercept] ports = {:?}",
-                    shared.intercept_ports
+                    policy.intercept_ports
                 ),
             );
         }
@@ -73,10 +74,10 @@ pub(crate) async fn connect(
         });
         return Response::new(full_body(""));
     }
-    if shared.other == OtherHosts::Deny {
+    if policy.other == OtherHosts::Deny {
         return outcome(not_intercepted(&host), "deny");
     }
-    let upstream = match dial(&shared, &host, port).await {
+    let upstream = match dial(&shared, policy, &host, port).await {
         Ok(s) => s,
         Err(Dial::Refused(msg)) => {
             return outcome(reply::error(StatusCode::FORBIDDEN, &msg), "refused")
@@ -141,6 +142,7 @@ async fn intercept(
     target: Target,
     upgraded: Upgraded,
 ) {
+    let _open = crate::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
@@ -161,7 +163,7 @@ async fn intercept(
     // A mismatched SNI still gets a certificate for the name it asked for,
     // so that the client can read the 421 that explains the problem; a name
     // we do not intercept gets nothing.
-    if misdirected_sni.is_some() && !shared.intercepts(name) {
+    if misdirected_sni.is_some() && !shared.policy.load().intercepts(name) {
         tracing::debug!(host = %target.host, sni = name, "SNI names a host that is not intercepted");
         return;
     }
@@ -243,9 +245,9 @@ enum Dial {
 /// `[upstream.resolve]` map as every other outbound connection. The policy
 /// is decided on the resolved addresses, and the connection goes to exactly
 /// those addresses, so DNS cannot smuggle in a private target.
-async fn dial(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Dial> {
+async fn dial(shared: &Shared, policy: &Policy, host: &str, port: u16) -> Result<TcpStream, Dial> {
     let literal = host.parse::<IpAddr>().ok();
-    if literal.is_some() && !shared.allow_ip_literals {
+    if literal.is_some() && !policy.allow_ip_literals {
         return Err(Dial::Refused(format!(
             "CONNECT to the IP address {host} is refused; use a host name, or set [intercept] allow_ip_literals = true"
         )));
@@ -271,7 +273,7 @@ async fn dial(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Dial>
             }
         }
     };
-    if let Some(bad) = addrs.iter().find(|a| !egress_allowed(shared, a.ip())) {
+    if let Some(bad) = addrs.iter().find(|a| !egress_allowed(policy, a.ip())) {
         return Err(Dial::Refused(format!(
             "{host} resolves to {}, a private, loopback or link-local address; tunnels to those are refused unless listed in [intercept] allow_private",
             bad.ip()
@@ -287,12 +289,12 @@ async fn dial(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Dial>
     }
 }
 
-fn egress_allowed(shared: &Shared, ip: IpAddr) -> bool {
+fn egress_allowed(policy: &Policy, ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
-    !is_internal(ip) || shared.allow_private.iter().any(|n| n.contains(&ip))
+    !is_internal(ip) || policy.allow_private.iter().any(|n| n.contains(&ip))
 }
 
 /// Addresses a tunnel must not reach by default: loopback, private,
@@ -324,6 +326,7 @@ pub(crate) fn is_internal(ip: IpAddr) -> bool {
 }
 
 async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
+    let _open = crate::metrics::global().tunnel();
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
     let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());

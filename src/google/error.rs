@@ -127,6 +127,25 @@ impl CredentialError {
         }
     }
 
+    /// A short, bounded word for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CredentialError::Iam { status: 403, .. } => "iam_permission_denied",
+            CredentialError::Iam { status: 400, .. } => "iam_invalid_argument",
+            CredentialError::Iam { .. } => "iam_refused",
+            CredentialError::Unavailable { .. } => "unavailable",
+            CredentialError::Source { .. } => "source_refused",
+            CredentialError::ReauthRequired { .. } => "reauth_required",
+            CredentialError::File { .. } => "credentials_file",
+            CredentialError::SourceUnavailable { .. } => "source_unavailable",
+            CredentialError::NoCredentials { .. } => "no_credentials",
+            CredentialError::BadResponse { .. } => "bad_response",
+            CredentialError::InvalidRequest { .. } => "invalid_request",
+            CredentialError::Expired { .. } => "expired",
+            CredentialError::Setup(_) => "setup",
+        }
+    }
+
     /// A transient failure: worth retrying later.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, CredentialError::Unavailable { .. })

@@ -110,6 +110,7 @@ pub(crate) async fn generate(
         })?;
     bearer.set_sensitive(true);
     let body = body.to_string();
+    let started = std::time::Instant::now();
     let answer = http
         .send_retrying(&uri, || {
             Request::post(&uri)
@@ -119,7 +120,9 @@ pub(crate) async fn generate(
                 .body(full_body(body.clone()))
                 .map_err(|e| bad_uri(&uri, e))
         })
-        .await?;
+        .await;
+    crate::metrics::global().iam_call(started.elapsed());
+    let answer = answer?;
     if !answer.status.is_success() {
         return Err(CredentialError::Iam {
             target: target.to_owned(),

@@ -158,3 +158,105 @@ async fn a_thousand_rules_still_find_the_right_one() {
     assert_eq!(name(&t, "x.s999.example.com", "GET", "/"), Some("r999"));
     assert_eq!(name(&t, "h999.googleapis.com", "GET", "/"), None);
 }
+
+/// A path prefix past the table's length bitmask (64 bytes).
+const LONG: &str = "/a/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// The table's indexed lookup agrees with the rules read top to bottom.
+#[tokio::test]
+async fn find_agrees_with_a_linear_scan_of_the_rules() {
+    let hosts = [
+        "storage.googleapis.com",
+        "*.googleapis.com",
+        "*.b.googleapis.com",
+        "a.b.googleapis.com",
+    ];
+    let prefixes = [
+        None,
+        Some("/"),
+        Some("/a"),
+        Some("/a/"),
+        Some("/a/b"),
+        Some("/a//b"),
+        Some("/ab"),
+        Some(LONG),
+    ];
+    let methods: [&[&str]; 3] = [&[], &["GET"], &["POST", "DELETE"]];
+    let mut toml = String::new();
+    let mut i = 0;
+    for h in hosts {
+        for p in prefixes {
+            for m in methods {
+                toml.push_str(&format!(
+                    "[[route]]\nname = \"r{i}\"\nhosts = [\"{h}\"]\naction = \"passthrough\"\n"
+                ));
+                if let Some(p) = p {
+                    toml.push_str(&format!("path_prefix = \"{p}\"\n"));
+                }
+                let m: Vec<String> = m.iter().map(|m| format!("\"{m}\"")).collect();
+                toml.push_str(&format!("methods = [{}]\n", m.join(", ")));
+                i += 1;
+            }
+        }
+    }
+    let cfg = Config::parse(std::path::Path::new("t.toml"), &toml).unwrap();
+    let specs = compile_rules(&cfg).unwrap();
+    // Rotate, so that the first match is not always the first rule.
+    for shift in [0, 13, 40, 77] {
+        let mut specs = specs.clone();
+        specs.rotate_left(shift);
+        let t = RouteTable::build(&specs, &Registry::new(Arc::new(NeverMint)));
+        let linear = |host: &str, method: &Method, path: &str| {
+            specs
+                .iter()
+                .find(|s| {
+                    s.hosts.iter().any(|h| h.matches(host))
+                        && (s.methods.is_empty() || s.methods.contains(method))
+                        && s.path_prefix
+                            .as_deref()
+                            .is_none_or(|p| match path.strip_prefix(p) {
+                                Some(rest) => {
+                                    rest.is_empty() || rest.starts_with('/') || p.ends_with('/')
+                                }
+                                None => false,
+                            })
+                })
+                .map(|s| s.name.as_str())
+        };
+        for host in [
+            "storage.googleapis.com",
+            "a.b.googleapis.com",
+            "x.a.b.googleapis.com",
+            "b.googleapis.com",
+            "googleapis.com",
+            "example.com",
+        ] {
+            for method in [Method::GET, Method::POST, Method::PUT] {
+                let long_paths = [format!("{LONG}/c"), format!("{LONG}c")];
+                for path in [
+                    "/",
+                    "/a",
+                    "/a/",
+                    "/a/b",
+                    "/a/bc",
+                    "/a//b",
+                    "/a//b/c",
+                    "/ab",
+                    "/abc",
+                    "/b",
+                    "*",
+                    "/a/b/",
+                    LONG,
+                    &long_paths[0],
+                    &long_paths[1],
+                ] {
+                    assert_eq!(
+                        t.find(host, &method, path).map(|r| &*r.name),
+                        linear(host, &method, path),
+                        "{host} {method} {path} (shift {shift})"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -504,3 +504,75 @@ pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorl
     let proxy = start_proxy(cfg, dir).await;
     EmuWorld { emu, proxy }
 }
+
+/// A file holding `value`, readable by its owner only (as password files
+/// must be).
+pub fn owner_only_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, value).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    p
+}
+
+/// Reads a response head for at most `limit`: `None` if nothing conclusive
+/// came in time (a hang), `Some("")` if the connection was closed first.
+pub async fn head_within(s: &mut TcpStream, limit: std::time::Duration) -> Option<String> {
+    tokio::time::timeout(limit, read_head(s)).await.ok()
+}
+
+/// The status code of a well-formed `HTTP/1.x NNN Reason` status line, or
+/// `None` for anything else.
+pub fn status_of(head: &str) -> Option<u16> {
+    let line = head.split("\r\n").next()?;
+    let rest = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
+    let (code, reason) = rest.split_at_checked(3)?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) || !reason.starts_with(' ') {
+        return None;
+    }
+    code.parse().ok()
+}
+
+/// Like `client`, with extra CONNECT header lines (each ending in `\r\n`),
+/// e.g. `Proxy-Authorization`.
+pub async fn client_with(proxy: &TestProxy, host: &str, h2: bool, connect_headers: &str) -> Sender {
+    let authority = format!("{host}:443");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{connect_headers}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT answered: {head}");
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(&proxy.ca_pem, alpn))
+        .connect(name, s)
+        .await
+        .unwrap();
+    handshake(tls, h2).await
+}
+
+/// Asserts that an ordinary `GET /echo` to `storage.googleapis.com` over
+/// HTTP/1.1 still gets 200 within a few seconds; `after` names what was
+/// thrown at the proxy before, for the failure message.
+pub async fn assert_still_serves(proxy: &TestProxy, connect_headers: &str, after: &str) {
+    let host = "storage.googleapis.com";
+    let attempt = async {
+        let mut c = client_with(proxy, host, false, connect_headers).await;
+        c.send(for_version(get(host, "/echo"), false))
+            .await
+            .status()
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
+        Ok(status) => assert_eq!(status, 200, "a normal request after {after}"),
+        Err(_) => panic!("a normal request after {after} got no answer in 10s"),
+    }
+}

@@ -1,0 +1,248 @@
+//! Prometheus metrics, process-wide (like a default registry): request
+//! counts and durations by route, client and status class; connections and
+//! tunnels; certificates; token mints and failures by slot and reason;
+//! seconds until each slot's token expires; source refreshes; IAM latency.
+//!
+//! Labels are bounded: route, client and slot names come from the config,
+//! never from a request path or a token.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    client: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MintLabels {
+    slot: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabel {
+    slot: String,
+}
+
+/// Every metric the proxy exports.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    connections: Gauge,
+    tunnels: Gauge,
+    certs_minted: Counter,
+    cert_cache: Gauge,
+    mints: Family<MintLabels, Counter>,
+    expires_in: Family<SlotLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    source_refreshes: Counter,
+    iam_latency: Histogram,
+    reloads: Family<MintLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// The process-wide metrics.
+pub(crate) fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("impersonate_proxy");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            connections: Gauge::default(),
+            tunnels: Gauge::default(),
+            certs_minted: Counter::default(),
+            cert_cache: Gauge::default(),
+            mints: Family::default(),
+            expires_in: Family::default(),
+            source_refreshes: Counter::default(),
+            iam_latency: latency_histogram(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route, client and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body, by route",
+            m.duration.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            m.connections.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "CONNECT tunnels open now (intercepted or spliced)",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "certificates_minted",
+            "Leaf certificates minted",
+            m.certs_minted.clone(),
+        );
+        registry.register(
+            "certificate_cache_size",
+            "Hosts with a cached leaf certificate",
+            m.cert_cache.clone(),
+        );
+        registry.register(
+            "token_mints",
+            "Token mints by slot and result (ok, or the failure reason)",
+            m.mints.clone(),
+        );
+        registry.register(
+            "token_expires_in_seconds",
+            "Seconds until each slot's token expires (0 when it has none)",
+            m.expires_in.clone(),
+        );
+        registry.register(
+            "source_token_refreshes",
+            "Fetches of the source credential's own token",
+            m.source_refreshes.clone(),
+        );
+        registry.register(
+            "iam_request_duration_seconds",
+            "Latency of IAM Credentials calls",
+            m.iam_latency.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.reloads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// One finished request.
+    pub fn request(
+        &self,
+        route: Option<&str>,
+        client: Option<&str>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let route = route.unwrap_or("none").to_owned();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                client: client.unwrap_or("anonymous").to_owned(),
+                status: class.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A gauge guard: +1 now, -1 when dropped.
+    pub fn connection(&'static self) -> GaugeGuard {
+        GaugeGuard::new(&self.connections)
+    }
+
+    /// A gauge guard for an open tunnel.
+    pub fn tunnel(&'static self) -> GaugeGuard {
+        GaugeGuard::new(&self.tunnels)
+    }
+
+    /// A leaf certificate was minted.
+    pub fn cert_minted(&self) {
+        self.certs_minted.inc();
+    }
+
+    /// A slot's mint finished: `Ok` or the failure reason.
+    pub fn token_mint(&self, slot: &str, result: Result<(), &'static str>) {
+        self.mints
+            .get_or_create(&MintLabels {
+                slot: slot.to_owned(),
+                result: result.err().unwrap_or("ok").to_owned(),
+            })
+            .inc();
+    }
+
+    /// The source credential fetched a new token.
+    pub fn source_refreshed(&self) {
+        self.source_refreshes.inc();
+    }
+
+    /// One IAM Credentials call took `elapsed`.
+    pub fn iam_call(&self, elapsed: Duration) {
+        self.iam_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// A reload finished.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&MintLabels {
+                slot: String::new(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, after setting the gauges that are
+    /// read from state (`cert_cache`, each slot's seconds to expiry).
+    pub fn render(&self, cert_cache: usize, slots: impl Iterator<Item = (String, f64)>) -> String {
+        self.cert_cache
+            .set(i64::try_from(cert_cache).unwrap_or(i64::MAX));
+        for (slot, secs) in slots {
+            self.expires_in.get_or_create(&SlotLabel { slot }).set(secs);
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Decrements its gauge when dropped.
+pub(crate) struct GaugeGuard(&'static Gauge<i64, AtomicI64>);
+
+impl GaugeGuard {
+    fn new(g: &'static Gauge<i64, AtomicI64>) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
