@@ -80,6 +80,52 @@ pub struct Config {
     /// `[[client]]`: who may use the proxy.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientConfig>,
+    /// `[metadata]`: a GCE metadata-server endpoint on the listener.
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+/// `[metadata]`: origin-form requests with `Metadata-Flavor: Google` on the
+/// proxy listener are answered as the GCE metadata server, so clients
+/// that only know Application Default Credentials work unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Serve the endpoint at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// What `project/project-id` answers; by default the project of a
+    /// `…@PROJECT.iam.gserviceaccount.com` service account.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// What `project/numeric-project-id` answers (the project number);
+    /// gcloud needs it to believe it is on GCE. Unset: 404.
+    #[serde(default)]
+    pub numeric_project_id: Option<String>,
+    /// The target principal the metadata identity ("default") maps to.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// What the token endpoint hands out.
+    #[serde(default)]
+    pub tokens: MetadataTokens,
+    /// `[[client]]` names that may get real access tokens.
+    #[serde(default)]
+    pub real_clients: Vec<String>,
+    /// Audiences the identity endpoint mints ID tokens for; empty = any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+/// `[metadata] tokens = "placeholder" | "real"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataTokens {
+    /// An opaque placeholder that routes replace; the real token never
+    /// leaves the proxy.
+    #[default]
+    Placeholder,
+    /// The impersonated access token itself, for `real_clients` only.
+    Real,
 }
 
 /// One `[[client]]`: a request is this client if it comes from one of
@@ -631,6 +677,7 @@ impl Config {
         }
         self.intercept_patterns()?;
         self.validate_clients()?;
+        self.validate_metadata()?;
         crate::routes::compile_rules(self)?;
         for (i, c) in self.intercept.allow_private.iter().enumerate() {
             parse_cidr(&format!("intercept.allow_private[{i}]"), c)?;
@@ -750,6 +797,64 @@ impl Config {
         Ok(())
     }
 
+    fn validate_metadata(&self) -> Result<(), ConfigError> {
+        let m = &self.metadata;
+        for (i, name) in m.real_clients.iter().enumerate() {
+            if !self.clients.iter().any(|c| &c.name == name) {
+                return Err(ConfigError::invalid(
+                    format!("metadata.real_clients[{i}]"),
+                    format!("`{name}` is not the name of any [[client]]"),
+                ));
+            }
+        }
+        for (i, a) in m.audiences.iter().enumerate() {
+            if a.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("metadata.audiences[{i}]"),
+                    "must be non-empty (e.g. \"https://svc.run.app\")",
+                ));
+            }
+        }
+        if let Some(p) = &m.project_id {
+            if p.trim().is_empty() || p.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "metadata.project_id",
+                    format!("`{p}` is not a project ID"),
+                ));
+            }
+        }
+        if let Some(n) = &m.numeric_project_id {
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::invalid(
+                    "metadata.numeric_project_id",
+                    format!("`{n}` is not a project number (digits only, e.g. \"123456789012\")"),
+                ));
+            }
+        }
+        if !m.enabled {
+            return Ok(());
+        }
+        match &m.service_account {
+            None => {
+                return Err(ConfigError::invalid(
+                    "metadata.service_account",
+                    "is required when [metadata] enabled = true: the service account (email) the metadata identity maps to",
+                ))
+            }
+            Some(sa) => {
+                crate::google::principal_email(sa)
+                    .map_err(|e| ConfigError::invalid("metadata.service_account", e.to_string()))?;
+            }
+        }
+        if m.tokens == MetadataTokens::Real && m.real_clients.is_empty() {
+            return Err(ConfigError::invalid(
+                "metadata.real_clients",
+                "is empty but tokens = \"real\" hands the impersonated token itself to clients; list the [[client]] names that may have it",
+            ));
+        }
+        Ok(())
+    }
+
     /// The hosts that are terminated and routed: `[intercept] hosts` plus
     /// every route's hosts (a route for a host implies intercepting it).
     pub fn intercept_patterns(&self) -> Result<Vec<HostPattern>, ConfigError> {
@@ -825,6 +930,47 @@ mod tests {
         let cfg =
             Config::parse(Path::new("/etc/ip/proxy.toml"), "[ca]\ncert = \"ca.pem\"\n").unwrap();
         assert_eq!(cfg.ca.cert, PathBuf::from("/etc/ip/ca.pem"));
+    }
+
+    #[test]
+    fn metadata_section_is_validated_with_key_names() {
+        let cfg = parse("").unwrap();
+        assert!(!cfg.metadata.enabled);
+        assert_eq!(cfg.metadata.tokens, MetadataTokens::Placeholder);
+        let err = parse("[metadata]\nenabled = true\n").unwrap_err();
+        assert!(
+            err.to_string().contains("metadata.service_account"),
+            "{err}"
+        );
+        let err = parse("[metadata]\nenabled = true\nservice_account = \"nobody\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("metadata.service_account"),
+            "{err}"
+        );
+        let sa = "service_account = \"a@p.iam.gserviceaccount.com\"";
+        let err = parse(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("metadata.real_clients"), "{err}");
+        let err = parse(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("metadata.real_clients[0]"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntoken = \"real\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+        let cfg = parse(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n[[client]]\nname = \"ci\"\ncidrs = [\"127.0.0.1\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.metadata.tokens, MetadataTokens::Real);
     }
 
     #[test]

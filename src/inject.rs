@@ -14,6 +14,31 @@ use crate::tokens::{Slot, Unavailable};
 /// The quota/billing project header Google APIs read.
 pub static X_GOOG_USER_PROJECT: HeaderName = HeaderName::from_static("x-goog-user-project");
 
+/// How every placeholder the metadata endpoint hands out begins. An
+/// `Authorization: Bearer <placeholder>` is a marker, not a credential:
+/// injecting routes treat it as absent, and it is never forwarded.
+pub const PLACEHOLDER_PREFIX: &str = "ya29.impersonate-proxy-placeholder.";
+
+/// Whether `value` is `Bearer <placeholder>`: a prefix comparison, no
+/// allocation.
+#[inline]
+pub fn is_placeholder(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    b.len() > 7
+        && b[..7].eq_ignore_ascii_case(b"bearer ")
+        && b[7..]
+            .trim_ascii_start()
+            .starts_with(PLACEHOLDER_PREFIX.as_bytes())
+}
+
+/// Removes an `Authorization` that holds a metadata placeholder.
+#[inline]
+fn drop_placeholder(headers: &mut HeaderMap) {
+    if headers.get(AUTHORIZATION).is_some_and(is_placeholder) {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
 /// What became of a request's headers.
 #[derive(Debug)]
 pub enum Outcome<'a> {
@@ -44,7 +69,12 @@ pub fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
             Err(Unavailable::Minting) => Outcome::Minting(slot),
             Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
         },
-        Action::Passthrough => Outcome::Forward,
+        Action::Passthrough => {
+            // Passthrough forwards the client's own credential untouched,
+            // but a placeholder is none: Google would only reject it.
+            drop_placeholder(headers);
+            Outcome::Forward
+        }
         Action::Deny => Outcome::Deny,
     }
 }
@@ -62,6 +92,7 @@ pub fn attach(
             headers.insert(AUTHORIZATION, token);
         }
         AuthorizationPolicy::Keep => {
+            drop_placeholder(headers);
             if !headers.contains_key(AUTHORIZATION) {
                 headers.insert(AUTHORIZATION, token);
             }
@@ -69,5 +100,35 @@ pub fn attach(
     }
     if let Some(q) = quota_project {
         headers.insert(X_GOOG_USER_PROJECT.clone(), q.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_recognised_by_prefix_only() {
+        let p = |s: &'static str| is_placeholder(&HeaderValue::from_static(s));
+        assert!(p("Bearer ya29.impersonate-proxy-placeholder.abc"));
+        assert!(p("bearer  ya29.impersonate-proxy-placeholder.abc"));
+        assert!(!p("Bearer ya29.real-token"));
+        assert!(!p("Basic ya29.impersonate-proxy-placeholder.abc"));
+        assert!(!p("Bearer"));
+    }
+
+    #[test]
+    fn keep_treats_a_placeholder_as_absent() {
+        let token = HeaderValue::from_static("Bearer real");
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer ya29.impersonate-proxy-placeholder.x"),
+        );
+        attach(&mut h, token.clone(), AuthorizationPolicy::Keep, None);
+        assert_eq!(h[AUTHORIZATION], "Bearer real");
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer mine"));
+        attach(&mut h, token, AuthorizationPolicy::Keep, None);
+        assert_eq!(h[AUTHORIZATION], "Bearer mine");
     }
 }

@@ -14,6 +14,7 @@ pub mod google;
 mod idle;
 pub mod inject;
 mod listener;
+mod metadata;
 mod metrics;
 mod observe;
 pub mod proxy;

@@ -146,6 +146,15 @@ async fn dispatch(
         return resp;
     }
     let uri = req.uri();
+    // HTTP_PROXY set as well as GCE_METADATA_HOST: the metadata request
+    // arrives in absolute form, addressed to us.
+    let metadata = shared.metadata.as_ref().filter(|m| {
+        uri.scheme() == Some(&Scheme::HTTP)
+            && uri.authority().is_some_and(|a| m.is_our_host(a.as_str()))
+    });
+    if let Some(m) = metadata {
+        return crate::metadata::handle(&shared, m, peer, client, req, guard).await;
+    }
     match (uri.scheme(), uri.authority()) {
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
             let port = a.port_u16().unwrap_or(80);
@@ -172,11 +181,24 @@ async fn dispatch(
             StatusCode::BAD_REQUEST,
             "absolute-form https:// requests are not proxied; clients must use CONNECT (set HTTPS_PROXY)",
         ),
-        _ => reply::error(
-            StatusCode::BAD_REQUEST,
-            "this is impersonate-proxy, a forward proxy: send CONNECT host:443 (set HTTPS_PROXY=http://<this address>) or an absolute-form http:// request",
-        ),
+        (None, None) => match &shared.metadata {
+            // Origin-form: what a client sends to GCE_METADATA_HOST.
+            Some(m) => crate::metadata::handle(&shared, m, peer, client, req, guard).await,
+            None if req.headers().contains_key("metadata-flavor") => reply::error(
+                StatusCode::NOT_FOUND,
+                "this is impersonate-proxy; its metadata-server endpoint is off: set [metadata] enabled = true and service_account",
+            ),
+            None => not_a_server(),
+        },
+        _ => not_a_server(),
     }
+}
+
+fn not_a_server() -> Response<ProxyBody> {
+    reply::error(
+        StatusCode::BAD_REQUEST,
+        "this is impersonate-proxy, a forward proxy: send CONNECT host:443 (set HTTPS_PROXY=http://<this address>) or an absolute-form http:// request",
+    )
 }
 
 /// 407 with the challenge that makes curl, gcloud, gRPC and Java clients

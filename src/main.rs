@@ -253,6 +253,10 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         authorization: Default::default(),
         warm: true,
     });
+    // ADC clients (gcloud, client libraries, Terraform) get a placeholder
+    // from GCE_METADATA_HOST that the route above replaces.
+    cfg.metadata.enabled = true;
+    cfg.metadata.service_account = cfg.routes[0].impersonate.clone();
     cfg
 }
 
@@ -280,14 +284,20 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             eprintln!("admin endpoint on http://{admin} (/healthz /readyz /metrics, POST /reload)");
         }
         reload_on_sighup(proxy.reloader());
-        print_exports(addr, &cfg.ca.cert);
+        print_exports(addr, &cfg);
+        if cfg.metadata.enabled
+            && std::env::var("GCE_METADATA_HOST").is_ok_and(|h| h == addr.to_string())
+        {
+            eprintln!("warning: GCE_METADATA_HOST in this shell points at this proxy: an adc or metadata [source] would ask the proxy itself for its token; export it only in the shell of the program to proxy");
+        }
         proxy.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }
 
 /// The lines a user pastes into the shell of the program to proxy.
-fn print_exports(addr: std::net::SocketAddr, ca: &Path) {
+fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
+    let ca = &cfg.ca.cert;
     let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
     let ca = ca.display();
     println!("# Paste into the shell of the program to run through the proxy:");
@@ -297,6 +307,15 @@ fn print_exports(addr: std::net::SocketAddr, ca: &Path) {
     println!("export NODE_EXTRA_CA_CERTS={ca}");
     println!("export CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE={ca}");
     println!("export SSL_CERT_FILE={ca}");
+    if cfg.metadata.enabled {
+        // GCE_METADATA_IP: google-auth (Python) and gcloud probe it to
+        // decide they are on GCE; GCE_METADATA_ROOT: gcloud.
+        println!("export GCE_METADATA_HOST={addr}");
+        println!("export GCE_METADATA_IP={addr}");
+        println!("export GCE_METADATA_ROOT={addr}");
+        // Node's proxy agent would CONNECT to the metadata address too.
+        println!("export NO_PROXY={}", addr.ip());
+    }
 }
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {

@@ -25,6 +25,7 @@ use crate::config::{
 };
 use crate::forward::{Upstream, UpstreamSetupError};
 use crate::google::{CredentialError, Mint, Token, TokenRequest};
+use crate::metadata::Metadata;
 use crate::routes::{compile_rules, RouteTable};
 use crate::tokens::Registry;
 
@@ -114,8 +115,12 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     pub ca: CertAuthority,
     pub upstream: Upstream,
-    /// Owns the token slots and their refresher tasks.
+    /// Owns the token slots and their refresher tasks; the metadata
+    /// endpoint asks it for slots on demand.
     pub registry: Registry,
+    /// The metadata-server endpoint, when `[metadata] enabled` (a restart
+    /// applies changes to it, a reload does not).
+    pub metadata: Option<Metadata>,
     pub audit: AuditSink,
     pub h1: http1::Builder,
     pub h2: http2::Builder<TokioExecutor>,
@@ -173,6 +178,9 @@ impl Shared {
         }
         if cfg.audit != s.audit {
             restart.push("[audit]");
+        }
+        if cfg.metadata != s.metadata {
+            restart.push("[metadata]");
         }
         let routes = policy.routes.routes().len();
         self.policy.store(Arc::new(policy));
@@ -253,6 +261,11 @@ impl Proxy {
             addr: cfg.proxy.listen,
             source,
         })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+        let metadata = Metadata::new(&cfg.metadata, &registry, local)?;
         let admin = match cfg.proxy.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -274,6 +287,7 @@ impl Proxy {
             limits: l,
             ca,
             upstream,
+            metadata,
             registry,
             audit,
             h1,
