@@ -136,7 +136,7 @@ async fn dispatch(
             .map(|o| o.0)
         {
             if shared.audit.enabled() {
-                let mut r = Record::new(peer, &method, &authority, "");
+                let mut r = Record::new(peer, &method, &authority.into(), "");
                 r.client_name = name;
                 r.action = action;
                 r.status = resp.status().as_u16();
@@ -232,7 +232,7 @@ fn audit_connection_level(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut r = Record::new(peer, req.method(), &host, req.uri().path());
+    let mut r = Record::new(peer, req.method(), &host.into(), req.uri().path());
     r.client_name = client;
     r.action = action;
     r.status = resp.status().as_u16();

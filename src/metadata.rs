@@ -390,7 +390,7 @@ pub(crate) async fn handle(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let mut record = Record::new(peer, req.method(), host, req.uri().path());
+    let mut record = Record::new(peer, req.method(), &host.into(), req.uri().path());
     record.client_name = client.map(|c| c.name);
     record.action = "metadata";
     record.target_principal = Some(metadata.email.clone());

@@ -6,28 +6,47 @@
 //! Labels are bounded: route, client and slot names come from the config,
 //! never from a request path or a token.
 
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicI64;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// A label value shared with the config (route and client names): a
+/// reference-count bump per request, not a string copy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+fn name_or(v: Option<&Arc<str>>, default: &'static OnceLock<Arc<str>>, text: &str) -> Name {
+    Name(
+        v.cloned()
+            .unwrap_or_else(|| default.get_or_init(|| text.into()).clone()),
+    )
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    client: String,
-    status: String,
+    route: Name,
+    client: Name,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,11 +164,13 @@ impl Metrics {
     /// One finished request.
     pub fn request(
         &self,
-        route: Option<&str>,
-        client: Option<&str>,
+        route: Option<&Arc<str>>,
+        client: Option<&Arc<str>>,
         status: u16,
         elapsed: Duration,
     ) {
+        static NONE: OnceLock<Arc<str>> = OnceLock::new();
+        static ANONYMOUS: OnceLock<Arc<str>> = OnceLock::new();
         let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -157,12 +178,12 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let route = route.unwrap_or("none").to_owned();
+        let route = name_or(route, &NONE, "none");
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                client: client.unwrap_or("anonymous").to_owned(),
-                status: class.to_owned(),
+                client: name_or(client, &ANONYMOUS, "anonymous"),
+                status: class,
             })
             .inc();
         self.duration

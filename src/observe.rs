@@ -116,8 +116,8 @@ impl Drop for Tracked {
         if let Some(mut record) = self.record.take() {
             record.finish(self.bytes_out);
             crate::metrics::global().request(
-                record.route.as_deref(),
-                record.client_name.as_deref(),
+                record.route.as_ref(),
+                record.client_name.as_ref(),
                 record.status,
                 record.elapsed(),
             );

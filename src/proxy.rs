@@ -363,6 +363,8 @@ impl Proxy {
         if let Some(t) = admin_task {
             t.abort();
         }
+        let audit = shared.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         if drained {
             tracing::info!("shutdown complete");
         } else {

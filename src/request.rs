@@ -30,8 +30,8 @@ use crate::tokens::Slot;
 pub(crate) struct Target {
     /// `https` inside an intercepted tunnel, `http` for absolute-form.
     pub scheme: Scheme,
-    /// Lowercase, no trailing dot.
-    pub host: String,
+    /// Lowercase, no trailing dot; shared with every request's record.
+    pub host: Arc<str>,
     /// The port the client asked for.
     pub port: u16,
     /// `host` or `host:port` (port only when not the scheme's default),
@@ -55,7 +55,7 @@ impl Target {
             .map_err(|_| format!("`{host}` is not a valid host"))?;
         Ok(Target {
             scheme,
-            host,
+            host: host.into(),
             port,
             authority,
         })

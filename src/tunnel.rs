@@ -202,7 +202,7 @@ async fn intercept(
         }
     };
     let sni = start.client_hello().server_name().map(normalize_host);
-    let misdirected_sni = sni.filter(|s| *s != target.host);
+    let misdirected_sni = sni.filter(|s| **s != *target.host);
     let name = misdirected_sni.as_deref().unwrap_or(&target.host);
     // A mismatched SNI still gets a certificate for the name it asked for,
     // so that the client can read the 421 that explains the problem; a name

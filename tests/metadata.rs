@@ -163,8 +163,9 @@ impersonate = "{TARGET}"
     assert_eq!(w.emu.principal_of(&placeholder), None);
     assert_eq!(w.emu.counters().get("storage", ""), 1);
 
-    // One audit record per metadata request, without the token.
-    drop(w);
+    // One audit record per metadata request, without the token; a
+    // graceful stop writes every queued record.
+    assert!(w.proxy.stop().await);
     let log = std::fs::read_to_string(&audit).unwrap();
     assert!(log.contains(r#""action":"metadata""#), "{log}");
     assert!(!log.contains(&placeholder), "{log}");
