@@ -117,7 +117,11 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .http2_adaptive_window(true)
+            // Fixed windows: an adaptive one starts at 64 KiB and throttles
+            // large responses while it learns; 4 MiB per stream (8 MiB per
+            // connection) bounds what one upstream connection can buffer.
+            .http2_initial_stream_window_size(4 << 20)
+            .http2_initial_connection_window_size(8 << 20)
             .build(https);
         Ok(Upstream {
             client,
