@@ -1,6 +1,12 @@
 //! Idle detection for client connections and tunnels: a connection with no
 //! request in flight and no bytes moving for `limits.idle_timeout` is
 //! closed, so idle clients cannot hold places forever.
+//!
+//! It also times request heads (slowloris), as nginx does: the first head
+//! must arrive within `limits.header_read_timeout` of the connection
+//! opening; later heads within that time of their first byte. Between
+//! requests only the idle timeout applies, so keep-alive connections live
+//! for `idle_timeout`, not `header_read_timeout`.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +25,20 @@ pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     inflight: AtomicUsize,
+    /// When the request head being read started (ms since `start`), or
+    /// [`NO_HEAD`]. Starts at 0: the first head is timed from the accept.
+    head_ms: AtomicU64,
+}
+
+const NO_HEAD: u64 = u64::MAX;
+
+/// Why a connection's watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Nothing in flight and nothing moving for the idle timeout.
+    Idle,
+    /// A request head took longer than the header read timeout.
+    SlowHead,
 }
 
 impl Activity {
@@ -27,7 +47,51 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            head_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Bytes arrived from the client: if no request is in flight and no
+    /// head is being timed, a new head starts now.
+    fn bytes_in(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.inflight.load(Ordering::Relaxed) == 0
+            && self.head_ms.load(Ordering::Relaxed) == NO_HEAD
+        {
+            self.head_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes when the connection is idle for `idle`, or (with `head`)
+    /// when a request head has taken longer than `head`.
+    pub async fn watch(&self, idle: Duration, head: Option<Duration>) -> Expired {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let head_ms = head.map(|h| u64::try_from(h.as_millis()).unwrap_or(u64::MAX));
+        loop {
+            let now = self.now_ms();
+            let since = now.saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            let inflight = self.inflight.load(Ordering::Relaxed);
+            if inflight == 0 && since >= idle_ms {
+                return Expired::Idle;
+            }
+            let mut wait = idle_ms.saturating_sub(since).max(idle_ms / 4);
+            if let Some(limit) = head_ms {
+                let started = self.head_ms.load(Ordering::Relaxed);
+                if started != NO_HEAD && inflight == 0 {
+                    let took = now.saturating_sub(started);
+                    if took >= limit {
+                        return Expired::SlowHead;
+                    }
+                    wait = wait.min(limit - took);
+                } else {
+                    // A head may start while we sleep: look again within
+                    // half the limit, so a slow one is cut by 1.5x it.
+                    wait = wait.min(limit / 2);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -39,26 +103,12 @@ impl Activity {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Marks a request in flight until the guard is dropped.
+    /// Marks a request in flight until the guard is dropped (its head is
+    /// complete).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_ms.store(NO_HEAD, Ordering::Relaxed);
         InFlight(self.clone())
-    }
-
-    /// Completes once nothing has been in flight and nothing has moved for
-    /// `timeout`.
-    pub async fn idle_for(&self, timeout: Duration) {
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        loop {
-            let since = self
-                .now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
-            if self.inflight.load(Ordering::Relaxed) == 0 && since >= timeout_ms {
-                return;
-            }
-            let wait = timeout_ms.saturating_sub(since).max(timeout_ms / 4).max(10);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
     }
 }
 
@@ -95,7 +145,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActiveIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.touch();
+            this.activity.bytes_in();
         }
         r
     }
@@ -129,11 +179,37 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    async fn the_first_head_is_timed_from_the_accept_later_ones_from_their_first_byte() {
+        let head = Some(Duration::from_secs(10));
+        let idle = Duration::from_secs(90);
+        // A connection that never sends a head: slow head at 10 s.
+        let a = Activity::new();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(a.watch(idle, head).await, Expired::SlowHead);
+        assert!(t0.elapsed() >= Duration::from_secs(10));
+        // After a request, a quiet keep-alive connection lives until idle.
+        let a = Activity::new();
+        drop(a.begin());
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(a.watch(idle, head).await, Expired::Idle);
+        assert!(t0.elapsed() >= Duration::from_secs(89));
+        // A head whose first byte arrived and that never completes.
+        let a = Activity::new();
+        drop(a.begin());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        a.bytes_in();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(a.watch(idle, head).await, Expired::SlowHead);
+        assert!(t0.elapsed() >= Duration::from_secs(9) && t0.elapsed() <= Duration::from_secs(11));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_waits_for_in_flight_requests_and_quiet() {
         let a = Activity::new();
         let guard = a.begin();
         let timeout = Duration::from_secs(90);
-        let idle = tokio::time::timeout(Duration::from_secs(200), a.idle_for(timeout));
+        let head = Some(Duration::from_secs(10));
+        let idle = tokio::time::timeout(Duration::from_secs(200), a.watch(timeout, head));
         tokio::pin!(idle);
         // Busy: not idle however long it takes.
         assert!(tokio::time::timeout(Duration::from_secs(150), &mut idle)
@@ -141,7 +217,7 @@ mod tests {
             .is_err());
         drop(guard);
         let t0 = tokio::time::Instant::now();
-        a.idle_for(timeout).await;
+        assert_eq!(a.watch(timeout, head).await, Expired::Idle);
         assert!(
             t0.elapsed() >= Duration::from_secs(89),
             "{:?}",

@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::audit::Record;
 use crate::clients::Refusal;
 use crate::forward::ProxyBody;
-use crate::idle::{Activity, InFlight};
+use crate::idle::{ActiveIo, Activity, Expired, InFlight};
 use crate::proxy::Shared;
 use crate::request::{self, Origin, Target};
 use crate::{reply, tunnel};
@@ -79,21 +79,27 @@ async fn serve_client(
         let guard = svc_activity.begin();
         async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, req, guard).await) }
     });
-    let conn = shared
-        .h1
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let io = TokioIo::new(ActiveIo::new(stream, activity.clone()));
+    let conn = shared.h1.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
+    let l = &shared.limits;
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shared.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        _ = activity.idle_for(shared.limits.idle_timeout) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        e = activity.watch(l.idle_timeout, Some(l.header_read_timeout)) => match e {
+            Expired::Idle => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            // Slowloris: drop the connection mid-head.
+            Expired::SlowHead => {
+                tracing::debug!(client = %peer, "request head too slow; connection closed");
+                Ok(())
+            }
+        },
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");

@@ -243,8 +243,11 @@ impl Proxy {
         let l = cfg.limits.clone();
 
         let mut h1 = http1::Builder::new();
+        // hyper's header timer also runs between requests; the idle
+        // watchdog times heads from their first byte (src/idle.rs), so
+        // hyper's only bounds a connection waiting for its next request.
         h1.timer(TokioTimer::new())
-            .header_read_timeout(l.header_read_timeout)
+            .header_read_timeout(l.idle_timeout)
             .max_buf_size(l.max_header_bytes.max(8192))
             .max_header_size(l.max_header_bytes)
             .keep_alive(true);

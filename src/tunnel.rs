@@ -19,7 +19,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::clients::ClientId;
 use crate::config::{normalize_host, OtherHosts};
 use crate::forward::{full_body, ProxyBody};
-use crate::idle::{ActiveIo, Activity};
+use crate::idle::{ActiveIo, Activity, Expired};
 use crate::listener::ConnPermit;
 use crate::proxy::{Policy, Shared};
 use crate::reply;
@@ -227,6 +227,7 @@ async fn intercept(
         Err(_) => return,
     };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let origin_host = target.host.clone();
     let origin = Arc::new(Origin {
         client: peer,
         client_id,
@@ -243,9 +244,10 @@ async fn intercept(
         async move { Ok::<_, Infallible>(request::handle(shared, origin, req, guard).await) }
     });
     let idle = shared.limits.idle_timeout;
-    let io = TokioIo::new(tls);
     let result = if is_h2 {
-        let conn = shared.h2.serve_connection(io, svc);
+        // HTTP/2 PINGs would count as activity: idleness is judged on
+        // requests in flight only.
+        let conn = shared.h2.serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
@@ -253,12 +255,13 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
-            _ = activity.idle_for(idle) => {
+            _ = activity.watch(idle, None) => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
         }
     } else {
+        let io = TokioIo::new(ActiveIo::new(tls, activity.clone()));
         let conn = shared.h1.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -267,10 +270,16 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
-            _ = activity.idle_for(idle) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+            e = activity.watch(idle, Some(shared.limits.header_read_timeout)) => match e {
+                Expired::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                Expired::SlowHead => {
+                    tracing::debug!(host = %origin_host, "request head too slow; connection closed");
+                    Ok(())
+                }
+            },
         }
     };
     if let Err(e) = result {
@@ -380,7 +389,7 @@ async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
                 tracing::debug!(error = %e, "tunnel ended with an error");
             }
         }
-        _ = activity.idle_for(idle) => tracing::debug!("tunnel closed after idle timeout"),
+        _ = activity.watch(idle, None) => tracing::debug!("tunnel closed after idle timeout"),
     }
 }
 

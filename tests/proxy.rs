@@ -398,3 +398,48 @@ async fn intercepted_hosts_only_on_allowed_ports() {
     let (_, head) = raw_connect(w.proxy.addr, "storage.googleapis.com:8443").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
+
+#[tokio::test]
+async fn keep_alive_outlives_the_header_timeout_but_a_slow_head_does_not() {
+    let w = world(
+        "keepalive",
+        "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    )
+    .await;
+    // An idle keep-alive connection lives for idle_timeout, not
+    // header_read_timeout.
+    let mut c = client(&w.proxy, HOST, false).await;
+    let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+    assert_eq!(resp.status(), 200);
+    body_string(resp).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let again = c.try_send(for_version(get(HOST, "/echo"), false)).await;
+    assert_eq!(again.expect("connection still open").status(), 200);
+
+    // After a complete request, a head that starts and stalls is cut
+    // after header_read_timeout (slowloris), on the listener itself.
+    let mut s = TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    read_body(&mut s, &head).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    s.write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: exa")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("a stalled head is closed, not kept")
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "expected a close, got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+}
