@@ -16,6 +16,14 @@ use crate::audit::{AuditSink, Record};
 use crate::forward::{BoxError, ProxyBody};
 use crate::idle::InFlight;
 
+/// The data bytes in a polled frame (0 for trailers, errors, pending).
+fn data_len<E>(r: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
+    match r {
+        Poll::Ready(Some(Ok(f))) => f.data_ref().map_or(0, |d| d.remaining() as u64),
+        _ => 0,
+    }
+}
+
 /// A request body that counts the bytes it yields.
 pub(crate) struct CountedIn {
     inner: Incoming,
@@ -38,12 +46,7 @@ impl Body for CountedIn {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                this.count
-                    .fetch_add(d.remaining() as u64, Ordering::Relaxed);
-            }
-        }
+        this.count.fetch_add(data_len(&r), Ordering::Relaxed);
         r.map(|o| o.map(|r| r.map_err(BoxError::from)))
     }
 
@@ -94,11 +97,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                this.bytes_out += d.remaining() as u64;
-            }
-        }
+        this.bytes_out += data_len(&r);
         r
     }
 

@@ -15,6 +15,23 @@ mod adc;
 mod cache;
 mod file;
 
+/// Files for the source tests: credentials JSON written to a temp dir.
+#[cfg(test)]
+pub(crate) mod test_files {
+    use std::path::{Path, PathBuf};
+
+    pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub(crate) fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ip-source-{}-{name}", std::process::id()))
+    }
+}
+
 use super::jwt::SigningKey;
 use super::{
     bad_uri, google_error_message, iam, Answer, CredentialError, Http, Token, TokenRequest,

@@ -91,18 +91,7 @@ fn on_gce() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ip-source-{}-{name}", std::process::id()))
-    }
+    use crate::google::source::test_files::{tmp, write};
 
     #[test]
     fn adc_prefers_the_env_file_then_gcloud_then_metadata() {

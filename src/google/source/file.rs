@@ -142,18 +142,7 @@ fn target_from_impersonation_url(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ip-source-{}-{name}", std::process::id()))
-    }
+    use crate::google::source::test_files::{tmp, write};
 
     #[test]
     fn debug_of_a_user_login_hides_its_secrets() {
