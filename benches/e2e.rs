@@ -3,7 +3,10 @@
 //! (client → upstream) and "proxy" (client → CONNECT → proxy → upstream)
 //! side by side in rounds; the table quotes medians and the ratios.
 //!
-//! `cargo bench --bench e2e` (add `-- --quick` for a shorter run).
+//! `cargo bench --bench e2e` (add `-- --quick` for a shorter run, and
+//! `-- --only TEXT` to run only the legs whose name contains TEXT,
+//! `-- --secs N` for N seconds per leg and round). `E2E_PROXY_PREFIX`
+//! runs the proxy under a profiler, e.g. "valgrind --tool=callgrind".
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -171,6 +174,18 @@ struct ProxyChild {
 
 impl Drop for ProxyChild {
     fn drop(&mut self) {
+        // SIGTERM first: the proxy drains and exits, so a profiler wrapped
+        // around it (E2E_PROXY_PREFIX) gets to write its output.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -211,10 +226,23 @@ fn start_proxy(
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+    // E2E_PROXY_PREFIX runs the proxy under a wrapper, e.g.
+    // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
+    let prefix = std::env::var("E2E_PROXY_PREFIX").unwrap_or_default();
+    let mut words = prefix.split_whitespace();
+    let mut child = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_impersonate-proxy"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_impersonate-proxy")),
+    };
+    let mut child = child
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -500,12 +528,28 @@ async fn transfer(ends: &Ends, upload: bool, bytes: usize) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, dur) = if quick {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only TEXT`: run only the legs whose name contains TEXT
+    // ("handshake" and "memory" name the last two sections).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let (rounds, mut dur) = if quick {
         (3, Duration::from_millis(1000))
     } else {
         (5, Duration::from_millis(2000))
     };
+    // `--secs N`: each leg's duration per round (longer under a profiler).
+    if let Some(secs) = args
+        .iter()
+        .position(|a| a == "--secs")
+        .and_then(|i| args.get(i + 1)?.parse::<f64>().ok())
+    {
+        dur = Duration::from_secs_f64(secs);
+    }
     let dir = std::env::temp_dir().join(format!("ip-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (upstream_ca, server_tls) = tls_material(&dir);
@@ -534,6 +578,7 @@ fn main() {
         proxy_tls: client_tls(&proxy.ca_pem, b"h2"),
     };
     let proxy_stat = PathBuf::from(format!("/proc/{}/stat", proxy.child.id()));
+    eprintln!("proxy pid {}", proxy.child.id());
 
     println!(
         "impersonate-proxy e2e bench — {} rounds × {:?} per leg, medians; machine: {} cores",
@@ -566,6 +611,9 @@ fn main() {
             Sender::H2(_) => unreachable!(),
         }
         for (name, h2, conns, streams, path) in legs {
+            if !wanted(name) {
+                continue;
+            }
             let (mut d, mut p) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let up0 = thread_cpu("upstream");
@@ -606,6 +654,9 @@ fn main() {
             println!("proxy CPU per request / upstream CPU per request (h1 c=16): {:.2}×", median(r));
         }
 
+        if !wanted("handshake") {
+            return;
+        }
         // Handshakes: cached leaf vs first-time mint.
         let _ = handshakes(&ends, 50, 1, |_| "bench.googleapis.com".to_string()).await;
         let n = if quick { 500 } else { hosts };
@@ -621,6 +672,9 @@ fn main() {
     // Memory: a fresh proxy per transfer so VmHWM is that transfer's peak.
     let gib = if quick { 256 << 20 } else { 1 << 30 };
     for upload in [true, false] {
+        if !wanted("memory") {
+            break;
+        }
         let proxy = start_proxy(&dir, upstream, &upstream_ca, 0, &emu);
         let ends = Ends {
             proxy: proxy.addr,

@@ -3,111 +3,116 @@
 //! it ended (status, duration, bytes). Never a token, never a query string
 //! (it may carry `access_token=`).
 //!
-//! Records are written by a dedicated thread so that a slow disk never
-//! stalls a request. The thread drains the queue every [`BATCH`] instead of
-//! blocking on it, so queuing a record never wakes a thread (a futex wake
-//! per request showed in profiles); shutdown flushes what is queued. If the
-//! queue is full a record is dropped and counted.
+//! Records are appended to an in-memory batch, which a dedicated thread
+//! writes out every [`BATCH`], so that a slow disk never stalls a request
+//! and queuing a record neither allocates nor wakes a thread (a futex wake
+//! and a line buffer per request showed in profiles). Shutdown flushes the
+//! batch. If the batch outgrows [`MAX_PENDING`] (the disk cannot keep up)
+//! records are dropped and counted.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
-
-use serde::Serialize;
 
 use crate::config::AuditConfig;
 
-/// How long a record may wait in the queue before it is written.
+/// How long a record may wait in the batch before it is written.
 const BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 
-enum Message {
-    Line(Vec<u8>),
-    /// Write everything queued so far, then answer.
-    Flush(std::sync::mpsc::Sender<()>),
-}
+/// Bytes of records waiting to be written beyond which new ones are dropped.
+const MAX_PENDING: usize = 16 << 20;
 
 /// Where audit records go.
 #[derive(Clone)]
 pub(crate) struct AuditSink {
-    tx: Option<SyncSender<Message>>,
-    dropped: Arc<AtomicU64>,
+    inner: Option<Arc<Batch>>,
+}
+
+struct Batch {
+    /// Records not yet handed to the writer.
+    pending: Mutex<Vec<u8>>,
+    /// The output, and the spare buffer swapped with `pending`.
+    out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
+    dropped: AtomicU64,
+}
+
+impl Batch {
+    /// Writes what is pending. Callers: the writer thread, `flush`, drop.
+    fn drain(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, spare) = &mut *out;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *pending, spare);
+        }
+        if !spare.is_empty() {
+            let _ = file.write_all(spare);
+            let _ = file.flush();
+            spare.clear();
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.drain();
+    }
 }
 
 impl AuditSink {
     /// Starts the writer thread for `[audit]`.
     pub fn start(cfg: &AuditConfig) -> std::io::Result<AuditSink> {
-        let dropped = Arc::new(AtomicU64::new(0));
         if !cfg.enabled {
-            return Ok(AuditSink { tx: None, dropped });
+            return Ok(AuditSink { inner: None });
         }
         let out: Box<dyn Write + Send> = match &cfg.file {
             Some(path) => Box::new(open_append(path)?),
             None => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = sync_channel::<Message>(64 * 1024);
+        let batch = Arc::new(Batch {
+            pending: Mutex::new(Vec::with_capacity(64 << 10)),
+            out: Mutex::new((out, Vec::with_capacity(64 << 10))),
+            dropped: AtomicU64::new(0),
+        });
+        let weak: Weak<Batch> = Arc::downgrade(&batch);
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::new(out);
-                loop {
-                    std::thread::sleep(BATCH);
-                    loop {
-                        match rx.try_recv() {
-                            Ok(Message::Line(line)) => {
-                                let _ = out.write_all(&line);
-                            }
-                            Ok(Message::Flush(done)) => {
-                                let _ = out.flush();
-                                let _ = done.send(());
-                            }
-                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                                let _ = out.flush();
-                                return;
-                            }
-                        }
-                    }
-                    let _ = out.flush();
-                }
+            .spawn(move || loop {
+                std::thread::sleep(BATCH);
+                // Gone when the last sink is dropped; its drop wrote the rest.
+                let Some(batch) = weak.upgrade() else { return };
+                batch.drain();
             })?;
-        Ok(AuditSink {
-            tx: Some(tx),
-            dropped,
-        })
+        Ok(AuditSink { inner: Some(batch) })
     }
 
-    /// Waits (up to 5 s) until every record queued so far is written; for
-    /// shutdown, so that nothing is lost.
+    /// Writes every record queued so far; for shutdown, so that nothing
+    /// is lost.
     pub fn flush(&self) {
-        let Some(tx) = &self.tx else { return };
-        let (done, wait) = std::sync::mpsc::channel();
-        if tx.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
+        if let Some(b) = &self.inner {
+            b.drain();
         }
     }
 
     /// Whether records are written at all.
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.inner.is_some()
     }
 
     /// Queues one record.
     pub fn write(&self, record: &Record) {
-        let Some(tx) = &self.tx else { return };
-        let Ok(mut line) = serde_json::to_vec(record) else {
+        let Some(b) = &self.inner else { return };
+        let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < MAX_PENDING {
+            record.write_json(&mut pending);
             return;
-        };
-        line.push(b'\n');
-        if let Err(TrySendError::Full(_)) = tx.try_send(Message::Line(line)) {
-            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!(
-                    "audit queue full: dropping records (the audit file cannot keep up)"
-                );
-            }
+        }
+        drop(pending);
+        if b.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!("audit writer cannot keep up: dropping records (is the audit file on a slow or full disk?)");
         }
     }
 }
@@ -126,48 +131,52 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// One request's audit record, filled in as the request moves along and
 /// written when its response body ends.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub(crate) struct Record {
-    #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     pub client: SocketAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Omitted from the line when `None`.
     pub client_name: Option<Arc<str>>,
-    #[serde(serialize_with = "method_str")]
     pub method: http::Method,
     pub host: Arc<str>,
-    pub path: String,
+    /// Only its path is written, never the query.
+    pub path: Option<http::uri::PathAndQuery>,
+    /// `null` when no route matched.
     pub route: Option<Arc<str>>,
     pub action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_principal: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub delegates: Vec<String>,
+    /// The token slot the request was served with: written as
+    /// `target_principal` and `delegates` (omitted when `None` / empty).
+    pub acting_as: Option<crate::tokens::Slot>,
     pub status: u16,
-    pub duration_ms: f64,
+    /// Written as `duration_ms`, to the microsecond.
+    pub duration: std::time::Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    #[serde(skip)]
+    /// Not written: when the request started.
     pub start: Option<Instant>,
-    #[serde(skip)]
+    /// Not written: the request body's byte counter.
     pub counted_in: Option<Arc<AtomicU64>>,
 }
 
 impl Record {
-    pub fn new(client: SocketAddr, method: &http::Method, host: &Arc<str>, path: &str) -> Record {
+    pub fn new(
+        client: SocketAddr,
+        method: &http::Method,
+        host: &Arc<str>,
+        uri: &http::Uri,
+    ) -> Record {
         Record {
             time: SystemTime::now(),
             client,
             client_name: None,
             method: method.clone(),
             host: host.clone(),
-            path: path.to_owned(),
+            path: uri.path_and_query().cloned(),
             route: None,
             action: "none",
-            target_principal: None,
-            delegates: Vec::new(),
+            acting_as: None,
             status: 0,
-            duration_ms: 0.0,
+            duration: std::time::Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
             start: Some(Instant::now()),
@@ -175,15 +184,10 @@ impl Record {
         }
     }
 
-    /// How long the request has taken so far.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.start.map(|s| s.elapsed()).unwrap_or_default()
-    }
-
     /// Fills in the totals; called once, when the response is done.
     pub fn finish(&mut self, bytes_out: u64) {
         if let Some(start) = self.start {
-            self.duration_ms = (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+            self.duration = start.elapsed();
         }
         if let Some(c) = &self.counted_in {
             self.bytes_in = c.load(Ordering::Relaxed);
@@ -192,10 +196,303 @@ impl Record {
     }
 }
 
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
+impl Record {
+    /// Appends the record as one JSON line (with its `\n`). Written by hand
+    /// rather than through serde: it runs once per request, and serde_json
+    /// with a formatted timestamp was a tenth of the proxy's instructions
+    /// per request (callgrind, benches/README.md).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        write_time(out, self.time);
+        out.extend_from_slice(b"\",\"client\":\"");
+        push_addr(out, self.client);
+        out.push(b'"');
+        if let Some(name) = &self.client_name {
+            out.extend_from_slice(b",\"client_name\":");
+            json_str(out, name);
+        }
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method.as_str());
+        out.extend_from_slice(b",\"host\":");
+        json_str(out, &self.host);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path.as_ref().map_or("", |p| p.path()));
+        out.extend_from_slice(b",\"route\":");
+        match &self.route {
+            Some(r) => json_str(out, r),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"action\":");
+        json_str(out, self.action);
+        if let Some(slot) = &self.acting_as {
+            let request = slot.request();
+            out.extend_from_slice(b",\"target_principal\":");
+            json_str(out, request.target_principal());
+            if !request.delegates().is_empty() {
+                out.extend_from_slice(b",\"delegates\":[");
+                for (i, d) in request.delegates().iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json_str(out, d);
+                }
+                out.push(b']');
+            }
+        }
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status));
+        let us = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_u64(out, us / 1000);
+        out.push(b'.');
+        push_fraction(out, us % 1000);
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_u64(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_u64(out, self.bytes_out);
+        out.extend_from_slice(b"}\n");
+    }
 }
 
-fn method_str<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(m.as_str())
+/// Decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Three digits, zero-padded: `n` < 1000.
+fn push_fraction(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(&[
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+/// `ip:port`, `[ipv6]:port`.
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    use std::io::Write as _;
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(o));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds. The date and time of day change once a
+/// second, so each thread keeps the last second's text.
+fn write_time(out: &mut Vec<u8>, t: SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            // "YYYY-MM-DDTHH:MM:SSZ": the first 19 bytes are the prefix.
+            let text = humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string();
+            if let Some(prefix) = text.as_bytes().get(..19) {
+                last.1.copy_from_slice(prefix);
+                last.0 = secs;
+            }
+        }
+        out.extend_from_slice(&last.1);
+    });
+    out.push(b'.');
+    push_fraction(out, u64::from(since.subsec_millis()));
+    out.push(b'Z');
+}
+
+/// Bytes a JSON string cannot hold as they are: `"`, `\\`, controls.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A JSON string literal: `"`, `\\` and control characters escaped, other
+/// text (UTF-8 included) copied in runs.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let plain = |b: &u8| !NEEDS_ESCAPE[usize::from(*b)];
+    // Hosts, routes, principals and most paths need no escape at all.
+    let Some(first) = bytes.iter().position(|b| !plain(b)) else {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    };
+    out.extend_from_slice(&bytes[..first]);
+    let mut start = first;
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::google::TokenRequest;
+    use crate::tokens::Registry;
+
+    fn record() -> Record {
+        let uri: http::Uri = "/upload/storage/v1/b/my%22bucket/o?uploadType=media&access_token=x"
+            .parse()
+            .unwrap();
+        let mut r = Record::new(
+            "127.0.0.1:5555".parse().unwrap(),
+            &http::Method::POST,
+            &Arc::from("storage.googleapis.com"),
+            &uri,
+        );
+        r.time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_869_762_042);
+        r.client_name = Some("ci \"runner\"\\\u{1}\n\u{e9}".into());
+        r.route = Some("gcs".into());
+        r.action = "impersonate";
+        let registry = Registry::new(Arc::new(crate::proxy::NoSource("no source".into())));
+        let delegates = [
+            "a@p.iam.gserviceaccount.com".to_owned(),
+            "b@p.iam.gserviceaccount.com".to_owned(),
+        ];
+        let request = TokenRequest::access_token(
+            "reader@p.iam.gserviceaccount.com",
+            &delegates,
+            &[],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        r.acting_as = Some(registry.slot(request, false));
+        r.status = 200;
+        r.duration = std::time::Duration::from_micros(1_250);
+        r.bytes_in = 7;
+        r.bytes_out = 1 << 40;
+        r
+    }
+
+    #[tokio::test]
+    async fn a_record_is_one_json_line_with_every_field_and_no_query() {
+        let mut out = Vec::new();
+        record().write_json(&mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(out.ends_with(b"}\n"));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2026-11-28T12:42:42.042Z",
+                "client": "127.0.0.1:5555",
+                "client_name": "ci \"runner\"\\\u{1}\n\u{e9}",
+                "method": "POST",
+                "host": "storage.googleapis.com",
+                "path": "/upload/storage/v1/b/my%22bucket/o",
+                "route": "gcs",
+                "action": "impersonate",
+                "target_principal": "reader@p.iam.gserviceaccount.com",
+                "delegates": ["a@p.iam.gserviceaccount.com", "b@p.iam.gserviceaccount.com"],
+                "status": 200,
+                "duration_ms": 1.25,
+                "bytes_in": 7,
+                "bytes_out": 1u64 << 40,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn optional_fields_are_omitted_and_a_missing_route_is_null() {
+        let mut r = record();
+        r.client = "[2001:db8::1]:443".parse().unwrap();
+        r.client_name = None;
+        r.route = None;
+        r.acting_as = None;
+        r.path = None;
+        r.duration = std::time::Duration::from_nanos(2_000_999_999);
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        for absent in ["client_name", "target_principal", "delegates"] {
+            assert!(!keys.contains(&absent), "{absent} written");
+        }
+        assert_eq!(v["route"], serde_json::Value::Null);
+        assert_eq!(v["path"], "");
+        assert_eq!(v["client"], "[2001:db8::1]:443");
+        assert_eq!(v["duration_ms"], 2000.999);
+    }
+
+    #[test]
+    fn numbers_are_plain_decimal() {
+        for n in [0u64, 7, 10, 999, 1000, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_cached_second_follows_the_clock() {
+        let mut out = Vec::new();
+        for (ms, want) in [
+            (1_795_869_762_042u64, "2026-11-28T12:42:42.042Z"),
+            (1_795_869_762_999, "2026-11-28T12:42:42.999Z"),
+            (1_795_869_763_000, "2026-11-28T12:42:43.000Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+        ] {
+            out.clear();
+            write_time(
+                &mut out,
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            );
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        }
+    }
 }

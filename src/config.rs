@@ -389,6 +389,24 @@ pub struct UpstreamConfig {
     /// How long to wait for an upstream's response headers (→ 504).
     #[serde(default = "default_response_timeout", deserialize_with = "de_duration")]
     pub response_timeout: Duration,
+    /// Which HTTP version forwarded requests use upstream.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// `[upstream] protocol`: the HTTP version of forwarded requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// The client's own: HTTP/2 (by ALPN) for HTTP/2 clients, HTTP/1.1 for
+    /// HTTP/1.1 clients, each over its own pooled connections. HTTP/1.1
+    /// costs the proxy less CPU per request and spreads concurrent requests
+    /// over connections (and cores) instead of one multiplexed connection.
+    #[default]
+    Match,
+    /// HTTP/2 (by ALPN) for every request: all concurrent requests to a
+    /// host share one upstream connection (fewer TLS handshakes upstream).
+    PreferH2,
 }
 
 impl Default for UpstreamConfig {
@@ -398,6 +416,7 @@ impl Default for UpstreamConfig {
             resolve: BTreeMap::new(),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            protocol: UpstreamProtocol::default(),
         }
     }
 }

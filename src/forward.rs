@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{normalize_host, UpstreamConfig};
+use crate::config::{normalize_host, UpstreamConfig, UpstreamProtocol};
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -89,7 +89,13 @@ type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
 /// The shared upstream client. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, ProxyBody>,
+    /// Offers `h2` and `http/1.1` by ALPN: the proxy's own calls (token
+    /// endpoints, IAM) and requests from HTTP/2 clients.
+    any: Client<Connector, ProxyBody>,
+    /// Offers `http/1.1` only: requests from HTTP/1.1 clients when
+    /// `protocol = "match"`.
+    http1: Client<Connector, ProxyBody>,
+    protocol: UpstreamProtocol,
     response_timeout: Duration,
 }
 
@@ -107,48 +113,94 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+        let any = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
+            .wrap_connector(http.clone());
+        let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            // Fixed windows: an adaptive one starts at 64 KiB and throttles
-            // large responses while it learns; 4 MiB per stream (8 MiB per
-            // connection) bounds what one upstream connection can buffer.
-            .http2_initial_stream_window_size(4 << 20)
-            .http2_initial_connection_window_size(8 << 20)
-            .build(https);
         Ok(Upstream {
-            client,
+            any: pooled(any),
+            http1: pooled(http1),
+            protocol: cfg.protocol,
             response_timeout: cfg.response_timeout,
         })
     }
 
-    /// Sends one request. The URI must be absolute (`https://host/path`);
-    /// the destination is the URI's host, resolved through the map.
+    /// Sends one of the proxy's own requests (token endpoint, IAM). The URI
+    /// must be absolute (`https://host/path`); the destination is the URI's
+    /// host, resolved through the map.
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
-        let host = req.uri().host().unwrap_or_default().to_owned();
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        self.send_with(&self.any, req).await
+    }
+
+    /// Forwards a client's request, upstream in the client's HTTP version
+    /// (`client_version`) unless `protocol = "prefer_h2"`.
+    pub async fn forward(
+        &self,
+        req: Request<ProxyBody>,
+        client_version: Version,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let client = match self.protocol {
+            UpstreamProtocol::Match if client_version < Version::HTTP_2 => &self.http1,
+            _ => &self.any,
+        };
+        self.send_with(client, req).await
+    }
+
+    async fn send_with(
+        &self,
+        client: &Client<Connector, ProxyBody>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        // A refcount clone; the host is copied out only for an error.
+        let authority = req.uri().authority().cloned();
+        let host_on_error = || {
+            authority
+                .as_ref()
+                .map(|a| a.host().to_owned())
+                .unwrap_or_default()
+        };
+        match tokio::time::timeout(self.response_timeout, client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout {
-                host,
+                host: host_on_error(),
                 after: self.response_timeout,
             }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let cause = error_chain(&e);
                 if e.is_connect() {
-                    Err(ForwardError::Connect { host, cause })
+                    Err(ForwardError::Connect {
+                        host: host_on_error(),
+                        cause,
+                    })
                 } else {
-                    Err(ForwardError::Upstream { host, cause })
+                    Err(ForwardError::Upstream {
+                        host: host_on_error(),
+                        cause,
+                    })
                 }
             }
         }
     }
+}
+
+fn pooled(connector: Connector) -> Client<Connector, ProxyBody> {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        // Fixed windows: an adaptive one starts at 64 KiB and throttles
+        // large responses while it learns; 4 MiB per stream (8 MiB per
+        // connection) bounds what one upstream connection can buffer.
+        .http2_initial_stream_window_size(4 << 20)
+        .http2_initial_connection_window_size(8 << 20)
+        .build(connector)
 }
 
 /// The error and its sources, joined, so a user sees the root cause (e.g.

@@ -127,11 +127,8 @@ async fn dispatch(
     };
     if req.method() == Method::CONNECT {
         let method = req.method().clone();
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let uri = req.uri().clone();
+        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let name = client.as_ref().map(|c| c.name.clone());
         let resp = tunnel::connect(shared.clone(), &policy, peer, client, permit, req).await;
         // Intercepted requests get their own records; here the CONNECT
@@ -142,7 +139,7 @@ async fn dispatch(
             .map(|o| o.0)
         {
             if shared.audit.enabled() {
-                let mut r = Record::new(peer, &method, &authority.into(), "");
+                let mut r = Record::new(peer, &method, &authority.into(), &uri);
                 r.client_name = name;
                 r.action = action;
                 r.status = resp.status().as_u16();
@@ -238,7 +235,7 @@ fn audit_connection_level(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut r = Record::new(peer, req.method(), &host.into(), req.uri().path());
+    let mut r = Record::new(peer, req.method(), &host.into(), req.uri());
     r.client_name = client;
     r.action = action;
     r.status = resp.status().as_u16();

@@ -390,10 +390,10 @@ pub(crate) async fn handle(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let mut record = Record::new(peer, req.method(), &host.into(), req.uri().path());
+    let mut record = Record::new(peer, req.method(), &host.into(), req.uri());
     record.client_name = client.map(|c| c.name);
     record.action = "metadata";
-    record.target_principal = Some(metadata.email.clone());
+    record.acting_as = Some(metadata.default_slot.clone());
     record.status = resp.status().as_u16();
     let audit = shared.audit.enabled().then(|| shared.audit.clone());
     observe::finish(resp, guard, record, audit)

@@ -118,7 +118,7 @@ impl Drop for Tracked {
                 record.route.as_ref(),
                 record.client_name.as_ref(),
                 record.status,
-                record.elapsed(),
+                record.duration,
             );
             if let Some(sink) = &self.audit {
                 sink.write(&record);

@@ -394,7 +394,7 @@ fn registry_for(cfg: &Config) -> Registry {
 }
 
 /// A minter whose source credential could not be loaded.
-struct NoSource(String);
+pub(crate) struct NoSource(pub String);
 
 impl Mint for NoSource {
     fn mint<'a>(

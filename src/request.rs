@@ -104,12 +104,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
-    let mut record = Record::new(
-        origin.client,
-        req.method(),
-        &origin.target.host,
-        req.uri().path(),
-    );
+    let mut record = Record::new(origin.client, req.method(), &origin.target.host, req.uri());
     record.client_name = origin.client_id.as_ref().map(|c| c.name.clone());
     let resp = route_and_forward(&shared, &origin, req, &mut record).await;
     record.status = resp.status().as_u16();
@@ -183,6 +178,7 @@ async fn route_and_forward(
         );
     }
 
+    let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     let decision = {
         let policy = shared.policy.load();
@@ -206,8 +202,7 @@ async fn route_and_forward(
         record.route = Some(route.name.clone());
         record.action = route.action.kind();
         if let Action::Inject { slot, .. } = &route.action {
-            record.target_principal = Some(slot.request().target_principal().to_owned());
-            record.delegates = slot.request().delegates().to_vec();
+            record.acting_as = Some(slot.clone());
         }
         if target.scheme == Scheme::HTTP && matches!(route.action, Action::Inject { .. }) {
             Decision::Refuse(reply::error_for(
@@ -295,7 +290,7 @@ async fn route_and_forward(
     record.counted_in = Some(count.clone());
     let body = CountedIn::boxed(body, count);
     let req = Request::from_parts(parts, body);
-    match shared.upstream.send(req).await {
+    match shared.upstream.forward(req, client_version).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -337,6 +332,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// §7.6.1), every `Proxy-*` header, and any header the `Connection`
 /// header names. `TE: trailers` is kept: gRPC needs it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of these: one pass over the
+    // names instead of a dozen hashed removals (5% of the instructions per
+    // request before).
+    if !headers.keys().any(is_hop_candidate) {
+        return;
+    }
     const HOP: [HeaderName; 6] = [
         header::CONNECTION,
         header::PROXY_AUTHENTICATE,
@@ -387,6 +388,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A name [`strip_hop_by_hop`] may remove or rewrite.
+fn is_hop_candidate(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +425,29 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(names, ["te", "x-goog-api-client"]);
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "proxy-connection",
+            "proxy-anything",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            assert_eq!(names, ["content-type"], "{name} kept");
+        }
     }
 
     #[test]

@@ -84,6 +84,33 @@ async fn te_trailers_reaches_the_upstream_over_http2() {
     assert_eq!(v["headers"]["te"], "trailers");
 }
 
+#[tokio::test]
+async fn upstream_http_version_follows_the_client_unless_prefer_h2() {
+    for (protocol, client_h2, want) in [
+        ("match", false, "HTTP/1.1"),
+        ("match", true, "HTTP/2.0"),
+        ("prefer_h2", false, "HTTP/2.0"),
+        ("prefer_h2", true, "HTTP/2.0"),
+    ] {
+        let w = world_with_upstream(
+            &format!("proto-{protocol}-{client_h2}"),
+            &format!("protocol = \"{protocol}\""),
+            "",
+        )
+        .await;
+        let mut c = client(&w.proxy, HOST, client_h2).await;
+        for _ in 0..2 {
+            let resp = c.send(for_version(get(HOST, "/echo"), client_h2)).await;
+            assert_eq!(resp.status(), 200);
+            let v = json(&body_string(resp).await);
+            assert_eq!(
+                v["version"], want,
+                "protocol = {protocol}, client h2 = {client_h2}"
+            );
+        }
+    }
+}
+
 const BIG: usize = 100 * 1024 * 1024;
 
 #[tokio::test]

@@ -440,11 +440,16 @@ pub struct World {
 }
 
 pub async fn world(name: &str, extra: &str) -> World {
+    world_with_upstream(name, "", extra).await
+}
+
+/// [`world`] with more `[upstream]` keys (`upstream_keys`, TOML lines).
+pub async fn world_with_upstream(name: &str, upstream_keys: &str, extra: &str) -> World {
     let dir = tempdir(&format!("{name}-up"));
     let certs = upstream_certs(&dir, &["storage.googleapis.com", "other.googleapis.com"]);
     let (upstream, seen) = start_upstream(Some(certs.server)).await;
     let toml = format!(
-        "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}\n{PASSTHROUGH_ALL}",
+        "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n{upstream_keys}\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}\n{PASSTHROUGH_ALL}",
         certs.ca_pem.display()
     );
     let (cfg, dir) = config_with_ca(name, &toml);
