@@ -289,6 +289,22 @@ pub struct ProxyConfig {
     /// `[[client]]` entries. Off unless set explicitly.
     #[serde(default)]
     pub allow_any_client: bool,
+    /// Threads serving client connections, each with its own event loop
+    /// (a connection and its upstream requests stay on one thread). Unset:
+    /// one per CPU core.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// Most `[proxy] workers` accepted.
+pub const MAX_WORKERS: usize = 1024;
+
+impl ProxyConfig {
+    /// `workers`, or one per CPU core.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 impl Default for ProxyConfig {
@@ -296,6 +312,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             admin: None,
             allow_any_client: false,
+            workers: None,
             listen: default_listen(),
             drain_timeout: default_drain(),
         }
@@ -744,6 +761,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if matches!(self.proxy.workers, Some(n) if n == 0 || n > MAX_WORKERS) {
+            return Err(ConfigError::invalid(
+                "proxy.workers",
+                format!("must be between 1 and {MAX_WORKERS} (leave it out for one per CPU core)"),
             ));
         }
         if l.max_header_bytes > MAX_HEADER_BYTES {

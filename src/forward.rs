@@ -95,8 +95,19 @@ pub struct Upstream {
     /// Offers `http/1.1` only: requests from HTTP/1.1 clients when
     /// `protocol = "match"`.
     http1: Client<Connector, ProxyBody>,
+    /// The connectors the clients were built from, for [`Upstream::with_own_pool`].
+    connectors: (Connector, Connector),
     protocol: UpstreamProtocol,
     response_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("protocol", &self.protocol)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
@@ -124,11 +135,23 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         Ok(Upstream {
-            any: pooled(any),
-            http1: pooled(http1),
+            any: pooled(any.clone()),
+            http1: pooled(http1.clone()),
+            connectors: (any, http1),
             protocol: cfg.protocol,
             response_timeout: cfg.response_timeout,
         })
+    }
+
+    /// The same client with connection pools of its own (a clone shares
+    /// them): each worker thread gets one, so that the thread that drives a
+    /// pooled connection is the one that sends on it.
+    pub fn with_own_pool(&self) -> Upstream {
+        Upstream {
+            any: pooled(self.connectors.0.clone()),
+            http1: pooled(self.connectors.1.clone()),
+            ..self.clone()
+        }
     }
 
     /// Sends one of the proxy's own requests (token endpoint, IAM). The URI

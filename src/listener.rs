@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::Record;
 use crate::clients::Refusal;
-use crate::forward::ProxyBody;
+use crate::forward::{ProxyBody, Upstream};
 use crate::idle::{ActiveIo, Activity, Expired, InFlight};
 use crate::proxy::Shared;
 use crate::request::{self, Origin, Target};
@@ -27,9 +27,12 @@ use crate::{reply, tunnel};
 /// connection or any tunnel opened from it lives.
 pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
 
+/// Accepts until `signal`; connections accepted here forward through
+/// `upstream` (the worker's own client and connection pool).
 pub(crate) async fn accept_loop(
     shared: &Arc<Shared>,
     listener: TcpListener,
+    upstream: Arc<Upstream>,
     signal: impl Future<Output = ()>,
 ) {
     tokio::pin!(signal);
@@ -56,9 +59,10 @@ pub(crate) async fn accept_loop(
             },
         };
         let shared2 = shared.clone();
+        let upstream = upstream.clone();
         shared
             .tasks
-            .spawn(async move { serve_client(shared2, stream, peer, permit).await });
+            .spawn(async move { serve_client(shared2, stream, peer, permit, upstream).await });
     }
 }
 
@@ -67,6 +71,7 @@ async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
     permit: ConnPermit,
+    upstream: Arc<Upstream>,
 ) {
     let _open = crate::metrics::global().connection();
     let _ = stream.set_nodelay(true);
@@ -76,8 +81,9 @@ async fn serve_client(
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
+        let upstream = upstream.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, req, guard).await) }
+        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, upstream, req, guard).await) }
     });
     let io = TokioIo::new(ActiveIo::new(stream, activity.clone()));
     let conn = shared.h1.serve_connection(io, svc).with_upgrades();
@@ -110,6 +116,7 @@ async fn dispatch(
     shared: Arc<Shared>,
     peer: SocketAddr,
     permit: ConnPermit,
+    upstream: Arc<Upstream>,
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
@@ -130,7 +137,8 @@ async fn dispatch(
         let uri = req.uri().clone();
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let name = client.as_ref().map(|c| c.name.clone());
-        let resp = tunnel::connect(shared.clone(), &policy, peer, client, permit, req).await;
+        let resp =
+            tunnel::connect(shared.clone(), &policy, peer, client, permit, upstream, req).await;
         // Intercepted requests get their own records; here the CONNECT
         // itself is recorded when it is refused or spliced blind.
         if let Some(action) = resp
@@ -173,6 +181,7 @@ async fn dispatch(
                 Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
             };
             let origin = Arc::new(Origin {
+                upstream,
                 client: peer,
                 client_id: client,
                 target,

@@ -161,8 +161,11 @@ impl Shared {
         };
         let mut restart = Vec::new();
         let s = &self.started;
-        if cfg.proxy.listen != s.proxy.listen || cfg.proxy.admin != s.proxy.admin {
-            restart.push("[proxy] listen/admin");
+        if cfg.proxy.listen != s.proxy.listen
+            || cfg.proxy.admin != s.proxy.admin
+            || cfg.proxy.workers != s.proxy.workers
+        {
+            restart.push("[proxy] listen/admin/workers");
         }
         if cfg.ca != s.ca {
             restart.push("[ca]");
@@ -222,6 +225,7 @@ pub struct Proxy {
     listener: TcpListener,
     admin: Option<TcpListener>,
     drain_timeout: Duration,
+    workers: usize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -243,11 +247,11 @@ impl Proxy {
         let l = cfg.limits.clone();
 
         let mut h1 = http1::Builder::new();
-        // hyper's header timer also runs between requests; the idle
-        // watchdog times heads from their first byte (src/idle.rs), so
-        // hyper's only bounds a connection waiting for its next request.
+        // Request heads and idle keep-alive connections are timed by the
+        // connection's watchdog (src/idle.rs); hyper's own header timer
+        // would add a boxed timer per request.
         h1.timer(TokioTimer::new())
-            .header_read_timeout(l.idle_timeout)
+            .header_read_timeout(None)
             .max_buf_size(l.max_header_bytes.max(8192))
             .max_header_size(l.max_header_bytes)
             .keep_alive(true);
@@ -309,6 +313,7 @@ impl Proxy {
             listener,
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
+            workers: cfg.proxy.worker_count(),
         })
     }
 
@@ -342,18 +347,39 @@ impl Proxy {
     /// Serves until `signal` completes, then stops accepting, asks every
     /// connection to finish its in-flight requests, and waits for them up
     /// to `[proxy] drain_timeout`. Returns whether everything drained.
+    ///
+    /// Client connections are served by `[proxy] workers` threads, each
+    /// running its own single-threaded event loop that accepts from the
+    /// shared listener: a connection, its requests and its upstream
+    /// connections stay on one thread, with no hand-offs between threads
+    /// per request. The caller's runtime keeps the control plane: the
+    /// admin endpoint, token refreshes, reloads.
     pub async fn serve(self, signal: impl Future<Output = ()>) -> bool {
         let Proxy {
             shared,
             listener,
             admin,
             drain_timeout,
+            workers,
         } = self;
         // The admin endpoint outlives the drain, so /readyz answers 503
         // while in-flight requests finish.
         let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(shared.clone(), l)));
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
-        crate::listener::accept_loop(&shared, listener, signal).await;
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
+        let accepting = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let threads = match start_workers(&shared, listener, workers, &accepting, &stop) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the worker threads");
+                if let Some(t) = admin_task {
+                    t.abort();
+                }
+                return false;
+            }
+        };
+        signal.await;
+        accepting.cancel();
         tracing::info!(
             in_flight = shared.tasks.len(),
             "shutting down: draining connections"
@@ -363,6 +389,14 @@ impl Proxy {
         let drained = tokio::time::timeout(drain_timeout, shared.tasks.wait())
             .await
             .is_ok();
+        // Ends the workers' loops; what is still open is closed.
+        stop.cancel();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         if let Some(t) = admin_task {
             t.abort();
         }
@@ -378,6 +412,59 @@ impl Proxy {
         }
         drained
     }
+}
+
+/// Starts `n` worker threads accepting from `listener` until `accepting`
+/// is cancelled and serving their connections until `stop` is.
+fn start_workers(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    n: usize,
+    accepting: &CancellationToken,
+    stop: &CancellationToken,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let listener = listener.into_std()?;
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = listener.try_clone()?;
+        let (shared, accepting, done) = (shared.clone(), accepting.clone(), stop.clone());
+        // Each worker has its own upstream pool, so that a pooled
+        // connection is driven by the thread that uses it.
+        let upstream = Arc::new(shared.upstream.with_own_pool());
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            crate::listener::accept_loop(
+                                &shared,
+                                l,
+                                upstream,
+                                accepting.cancelled(),
+                            )
+                            .await
+                        }
+                        Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                    }
+                    // Connections accepted here are served by this loop
+                    // until the drain is over.
+                    done.cancelled().await;
+                });
+            });
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // Those already started stop with the proxy.
+                stop.cancel();
+                return Err(e);
+            }
+        }
+    }
+    Ok(threads)
 }
 
 /// The token registry for `[source]`. A source that cannot be loaded (no

@@ -85,6 +85,8 @@ impl Target {
 /// Facts about the client connection a request arrived on.
 #[derive(Debug)]
 pub(crate) struct Origin {
+    /// The upstream client of the worker serving the connection.
+    pub upstream: Arc<crate::forward::Upstream>,
     /// The client's address.
     pub client: SocketAddr,
     /// The `[[client]]` it was attributed to, if clients are configured.
@@ -290,7 +292,7 @@ async fn route_and_forward(
     record.counted_in = Some(count.clone());
     let body = CountedIn::boxed(body, count);
     let req = Request::from_parts(parts, body);
-    match shared.upstream.forward(req, client_version).await {
+    match origin.upstream.forward(req, client_version).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

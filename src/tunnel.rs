@@ -18,7 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::clients::ClientId;
 use crate::config::{normalize_host, OtherHosts};
-use crate::forward::{full_body, ProxyBody};
+use crate::forward::{full_body, ProxyBody, Upstream};
 use crate::idle::{ActiveIo, Activity, Expired};
 use crate::listener::ConnPermit;
 use crate::proxy::{Policy, Shared};
@@ -43,6 +43,7 @@ pub(crate) async fn connect(
     peer: SocketAddr,
     client: Option<ClientId>,
     permit: ConnPermit,
+    upstream: Arc<Upstream>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (host, port) = match parse_authority(&req) {
@@ -68,7 +69,7 @@ pub(crate) async fn connect(
         shared.tasks.spawn(async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(up) => intercept(task_shared, peer, client, target, up).await,
+                Ok(up) => intercept(task_shared, peer, client, target, upstream, up).await,
                 Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -184,6 +185,7 @@ async fn intercept(
     peer: SocketAddr,
     client_id: Option<ClientId>,
     target: Target,
+    upstream: Arc<Upstream>,
     upgraded: Upgraded,
 ) {
     let _open = crate::metrics::global().tunnel();
@@ -229,6 +231,7 @@ async fn intercept(
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin_host = target.host.clone();
     let origin = Arc::new(Origin {
+        upstream,
         client: peer,
         client_id,
         target,
