@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{normalize_host, UpstreamConfig, UpstreamProtocol};
+use crate::sticky::{IdleList, Sticky};
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -84,7 +85,7 @@ impl ForwardError {
 #[error("upstream.extra_ca: {0}")]
 pub struct UpstreamSetupError(#[from] crate::tls::PemError);
 
-type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
+pub(crate) type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
 
 /// The shared upstream client. Cheap to clone.
 #[derive(Clone)]
@@ -92,11 +93,14 @@ pub struct Upstream {
     /// Offers `h2` and `http/1.1` by ALPN: the proxy's own calls (token
     /// endpoints, IAM) and requests from HTTP/2 clients.
     any: Client<Connector, ProxyBody>,
-    /// Offers `http/1.1` only: requests from HTTP/1.1 clients when
-    /// `protocol = "match"`.
-    http1: Client<Connector, ProxyBody>,
-    /// The connectors the clients were built from, for [`Upstream::with_own_pool`].
-    connectors: (Connector, Connector),
+    /// Offers `h2` and `http/1.1`; the connector of `any`, for
+    /// [`Upstream::with_own_pool`].
+    any_connector: Connector,
+    /// Offers `http/1.1` only: connections for HTTP/1.1 clients when
+    /// `protocol = "match"` (see `crate::sticky`).
+    http1_connector: Connector,
+    /// Idle HTTP/1.1 connections of client connections that closed.
+    idle: IdleList,
     protocol: UpstreamProtocol,
     response_timeout: Duration,
 }
@@ -136,8 +140,9 @@ impl Upstream {
             .wrap_connector(http);
         Ok(Upstream {
             any: pooled(any.clone()),
-            http1: pooled(http1.clone()),
-            connectors: (any, http1),
+            any_connector: any,
+            http1_connector: http1,
+            idle: IdleList::default(),
             protocol: cfg.protocol,
             response_timeout: cfg.response_timeout,
         })
@@ -148,8 +153,8 @@ impl Upstream {
     /// pooled connection is the one that sends on it.
     pub fn with_own_pool(&self) -> Upstream {
         Upstream {
-            any: pooled(self.connectors.0.clone()),
-            http1: pooled(self.connectors.1.clone()),
+            any: pooled(self.any_connector.clone()),
+            idle: IdleList::default(),
             ..self.clone()
         }
     }
@@ -162,17 +167,30 @@ impl Upstream {
     }
 
     /// Forwards a client's request, upstream in the client's HTTP version
-    /// (`client_version`) unless `protocol = "prefer_h2"`.
-    pub async fn forward(
+    /// (`client_version`) unless `protocol = "prefer_h2"`. HTTP/1.1 goes
+    /// over the client connection's own upstream connection (`sticky`).
+    pub(crate) async fn forward(
         &self,
         req: Request<ProxyBody>,
         client_version: Version,
+        sticky: &Sticky,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let client = match self.protocol {
-            UpstreamProtocol::Match if client_version < Version::HTTP_2 => &self.http1,
-            _ => &self.any,
-        };
-        self.send_with(client, req).await
+        if self.protocol == UpstreamProtocol::Match && client_version < Version::HTTP_2 {
+            let send = sticky.send(&self.http1_connector, req);
+            return match tokio::time::timeout(self.response_timeout, send).await {
+                Ok(r) => r,
+                Err(_) => Err(ForwardError::Timeout {
+                    host: sticky.host(),
+                    after: self.response_timeout,
+                }),
+            };
+        }
+        self.send_with(&self.any, req).await
+    }
+
+    /// The idle HTTP/1.1 connections of this client's pool.
+    pub(crate) fn idle(&self) -> &IdleList {
+        &self.idle
     }
 
     async fn send_with(

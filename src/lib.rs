@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reply;
 mod request;
 pub mod routes;
+mod sticky;
 pub mod tls;
 pub mod tokens;
 mod tunnel;

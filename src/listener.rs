@@ -180,13 +180,7 @@ async fn dispatch(
                 Ok(t) => t,
                 Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
             };
-            let origin = Arc::new(Origin {
-                upstream,
-                client: peer,
-                client_id: client,
-                target,
-                misdirected_sni: None,
-            });
+            let origin = Arc::new(Origin::new(upstream, peer, client, target, None));
             request::handle(shared, origin, req, guard).await
         }
         (Some(_), Some(_)) => reply::error(

@@ -438,6 +438,13 @@ fn start_workers(
             .name(format!("worker-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    let idle = upstream.idle().clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(crate::sticky::IDLE_TIMEOUT / 3).await;
+                            idle.prune();
+                        }
+                    });
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
                             crate::listener::accept_loop(

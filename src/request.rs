@@ -87,6 +87,8 @@ impl Target {
 pub(crate) struct Origin {
     /// The upstream client of the worker serving the connection.
     pub upstream: Arc<crate::forward::Upstream>,
+    /// The upstream HTTP/1.1 connection this client connection keeps.
+    pub sticky: crate::sticky::Sticky,
     /// The client's address.
     pub client: SocketAddr,
     /// The `[[client]]` it was attributed to, if clients are configured.
@@ -96,6 +98,30 @@ pub(crate) struct Origin {
     /// Set when the TLS SNI named another host than the CONNECT authority:
     /// every request on the connection is answered 421.
     pub misdirected_sni: Option<String>,
+}
+
+impl Origin {
+    pub fn new(
+        upstream: Arc<crate::forward::Upstream>,
+        client: SocketAddr,
+        client_id: Option<ClientId>,
+        target: Target,
+        misdirected_sni: Option<String>,
+    ) -> Origin {
+        let sticky = crate::sticky::Sticky::new(
+            upstream.idle(),
+            target.scheme.clone(),
+            target.authority.clone(),
+        );
+        Origin {
+            upstream,
+            sticky,
+            client,
+            client_id,
+            target,
+            misdirected_sni,
+        }
+    }
 }
 
 /// Serves one request and attaches its audit record and in-flight guard to
@@ -292,7 +318,11 @@ async fn route_and_forward(
     record.counted_in = Some(count.clone());
     let body = CountedIn::boxed(body, count);
     let req = Request::from_parts(parts, body);
-    match origin.upstream.forward(req, client_version).await {
+    match origin
+        .upstream
+        .forward(req, client_version, &origin.sticky)
+        .await
+    {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

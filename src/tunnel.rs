@@ -230,13 +230,13 @@ async fn intercept(
     };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin_host = target.host.clone();
-    let origin = Arc::new(Origin {
+    let origin = Arc::new(Origin::new(
         upstream,
-        client: peer,
+        peer,
         client_id,
         target,
         misdirected_sni,
-    });
+    ));
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();

@@ -111,6 +111,64 @@ async fn upstream_http_version_follows_the_client_unless_prefer_h2() {
     }
 }
 
+#[tokio::test]
+async fn an_http1_client_connection_keeps_its_upstream_connection_and_hands_it_on() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world("sticky", "").await;
+    let mut c = client(&w.proxy, HOST, false).await;
+    for _ in 0..5 {
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+    }
+    assert_eq!(w.seen.requests.load(Relaxed), 5);
+    assert_eq!(
+        w.seen.connections.load(Relaxed),
+        1,
+        "one upstream connection for the client connection"
+    );
+    drop(c);
+    // A later client connection (a one-request client, say) gets an idle
+    // upstream connection of a closed one. Each worker thread has its own
+    // idle list, so a new connection may first land where none is idle.
+    let mut reused = false;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let before = w.seen.connections.load(Relaxed);
+        let mut c = client(&w.proxy, HOST, false).await;
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+        if w.seen.connections.load(Relaxed) == before {
+            reused = true;
+            break;
+        }
+    }
+    assert!(
+        reused,
+        "a closed client connection's upstream connection is reused"
+    );
+}
+
+#[tokio::test]
+async fn a_request_after_the_upstream_closed_its_connection_goes_over_a_new_one() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world("sticky-close", "").await;
+    let mut c = client(&w.proxy, HOST, false).await;
+    for round in 1..=3 {
+        let resp = c.send(for_version(get(HOST, "/close"), false)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body_string(resp).await, "closing");
+        // Sent at once, before or after the proxy has seen the close: the
+        // request is never lost.
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200, "round {round}");
+        body_string(resp).await;
+    }
+    assert_eq!(w.seen.requests.load(Relaxed), 6);
+    assert!(w.seen.connections.load(Relaxed) >= 4);
+}
+
 const BIG: usize = 100 * 1024 * 1024;
 
 #[tokio::test]

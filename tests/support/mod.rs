@@ -75,6 +75,8 @@ pub fn upstream_certs(dir: &Path, names: &[&str]) -> UpstreamCerts {
 #[derive(Default)]
 pub struct Seen {
     pub requests: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
 }
 
 /// A hyper server on loopback, TLS (h1 + h2 by ALPN) when `tls` is set.
@@ -84,6 +86,7 @@ pub struct Seen {
 /// - `GET /bytes/N` → N bytes, streamed in 64 KiB chunks
 /// - `POST /echo-body` → the request body streamed back
 /// - `GET /grpc` → a body plus trailers `grpc-status: 0`, `x-trailer: yes`
+/// - `GET /close` → `Connection: close`: the server closes the connection
 pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -94,6 +97,7 @@ pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAd
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            seen2.connections.fetch_add(1, Ordering::Relaxed);
             let tls = tls.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
@@ -199,6 +203,12 @@ async fn upstream_route(req: Request<Incoming>) -> Response<ProxyBody> {
             Response::new(StreamBody::new(futures_lite_iter(frames.into_iter())).boxed());
         resp.headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
+        return resp;
+    }
+    if path == "/close" {
+        let mut resp = Response::new(full_body("closing"));
+        resp.headers_mut()
+            .insert("connection", "close".parse().unwrap());
         return resp;
     }
     let mut resp = Response::new(full_body("not found"));

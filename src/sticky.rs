@@ -1,0 +1,232 @@
+//! Upstream HTTP/1.1 connections kept per client connection.
+//!
+//! Every request on an intercepted connection goes to the same host, so an
+//! HTTP/1.1 client connection keeps the upstream connection its first
+//! request used, for as long as it lives, instead of checking one out of a
+//! pool per request (the checkout, its hashing and the return were a tenth
+//! of the proxy's instructions per request). When the client connection
+//! closes, its upstream connection goes back to the worker's idle list for
+//! the next client connection to the same host, so one-request clients
+//! (curl in a loop) still reuse upstream connections.
+//!
+//! A connection taken from the idle list may have been closed by the
+//! server meanwhile: a request that was not sent on it is retried once on
+//! a new connection; one that was sent is not (its body is gone).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tower_service::Service;
+
+use crate::forward::{error_chain, Connector, ForwardError, ProxyBody};
+
+/// An idle connection is closed after this long unused.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per host and worker.
+const MAX_IDLE_PER_HOST: usize = 256;
+
+type Key = (Scheme, Authority);
+
+struct Idle {
+    since: Instant,
+    sender: SendRequest<ProxyBody>,
+}
+
+/// A worker's idle upstream HTTP/1.1 connections, by scheme and authority.
+#[derive(Clone, Default)]
+pub(crate) struct IdleList(Arc<Mutex<HashMap<Key, Vec<Idle>>>>);
+
+impl IdleList {
+    fn take(&self, key: &Key) -> Option<SendRequest<ProxyBody>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get_mut(key)?;
+        let mut found = None;
+        // Most recently used first: the least likely to have been closed.
+        while let Some(idle) = list.pop() {
+            if usable(&idle) {
+                found = Some(idle.sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            map.remove(key);
+        }
+        found
+    }
+
+    fn put(&self, key: Key, sender: SendRequest<ProxyBody>) {
+        // Only a connection with no response still streaming can be reused.
+        if !sender.is_ready() {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_HOST {
+            list.remove(0);
+        }
+        list.push(Idle {
+            since: Instant::now(),
+            sender,
+        });
+    }
+
+    /// Drops (and so closes) connections idle for longer than
+    /// [`IDLE_TIMEOUT`] or closed by the server.
+    pub fn prune(&self) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, list| {
+            list.retain(usable);
+            !list.is_empty()
+        });
+    }
+}
+
+fn usable(idle: &Idle) -> bool {
+    idle.since.elapsed() < IDLE_TIMEOUT && !idle.sender.is_closed()
+}
+
+/// The upstream connection of one client connection: empty until its
+/// first request, returned to the idle list when dropped.
+pub(crate) struct Sticky {
+    key: Key,
+    held: Mutex<Option<SendRequest<ProxyBody>>>,
+    idle: IdleList,
+}
+
+impl std::fmt::Debug for Sticky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sticky")
+            .field("authority", &self.key.1)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = held.take() {
+            self.idle.put(self.key.clone(), sender);
+        }
+    }
+}
+
+impl Sticky {
+    /// For a client connection whose requests all go to `authority`.
+    pub fn new(idle: &IdleList, scheme: Scheme, authority: Authority) -> Sticky {
+        Sticky {
+            key: (scheme, authority),
+            held: Mutex::new(None),
+            idle: idle.clone(),
+        }
+    }
+
+    /// The upstream host, for errors.
+    pub fn host(&self) -> String {
+        self.key.1.host().to_owned()
+    }
+
+    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|s| !s.is_closed());
+        held.or_else(|| self.idle.take(&self.key))
+    }
+
+    fn keep(&self, sender: SendRequest<ProxyBody>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    }
+
+    /// Sends `req` (absolute URI, for this connection's authority) over
+    /// the kept connection, an idle one, or a new one from `connector`.
+    pub async fn send(
+        &self,
+        connector: &Connector,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let host = || self.host();
+        // HTTP/1.1 wants the origin form and a Host header.
+        let uri = req.uri().clone();
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = path.into();
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(self.key.1.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let mut reused = self.take();
+        loop {
+            let was_reused = reused.is_some();
+            let mut sender = match reused.take() {
+                Some(s) => s,
+                None => connect(connector, &uri)
+                    .await
+                    .map_err(|cause| ForwardError::Connect {
+                        host: host(),
+                        cause,
+                    })?,
+            };
+            // Waits for the previous response on this connection to end.
+            if let Err(e) = sender.ready().await {
+                if was_reused {
+                    continue;
+                }
+                return Err(ForwardError::Connect {
+                    host: host(),
+                    cause: error_chain(&e),
+                });
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.keep(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection had closed. Retry once,
+                    // on a new connection.
+                    Some(unsent) if was_reused => req = unsent,
+                    _ => {
+                        return Err(ForwardError::Upstream {
+                            host: host(),
+                            cause: error_chain(e.error()),
+                        })
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to `uri`'s authority, driven by its own task
+/// on this worker.
+async fn connect(connector: &Connector, uri: &http::Uri) -> Result<SendRequest<ProxyBody>, String> {
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(|e| error_chain(&*e))?;
+    let io = connector
+        .call(uri.clone())
+        .await
+        .map_err(|e| error_chain(&*e))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
