@@ -70,15 +70,41 @@ impl Target {
     }
 
     /// Whether an authority the client sent (`Host` or `:authority`) names
-    /// this target.
+    /// this target: the same host (any case, trailing dot or not) and port
+    /// (the scheme's default when none is given). Compared in place, with
+    /// no parse into an owned `Authority`: this runs on every request.
     fn agrees_with(&self, sent: &str) -> bool {
-        let Ok(a) = sent.parse::<Authority>() else {
-            return false;
+        let (host, port) = if let Some(rest) = sent.strip_prefix('[') {
+            let Some((host, after)) = rest.split_once(']') else {
+                return false;
+            };
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (host, Some(p)),
+                    None => return false,
+                },
+            }
+        } else {
+            match sent.rsplit_once(':') {
+                // A bare IPv6 address has more colons: it needs brackets.
+                Some((host, _)) if host.contains(':') => return false,
+                Some((host, p)) => (host, Some(p)),
+                None => (sent, None),
+            }
         };
-        let host = a.host().trim_start_matches('[').trim_end_matches(']');
+        let port = match port {
+            None => self.default_port(),
+            Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                match p.parse::<u16>() {
+                    Ok(n) => n,
+                    Err(_) => return false,
+                }
+            }
+            Some(_) => return false,
+        };
         let host = host.strip_suffix('.').unwrap_or(host);
-        host.eq_ignore_ascii_case(&self.host)
-            && a.port_u16().unwrap_or(self.default_port()) == self.port
+        port == self.port && host.eq_ignore_ascii_case(&self.host)
     }
 }
 
@@ -493,5 +519,23 @@ mod tests {
         let t = Target::new(Scheme::HTTPS, "a.googleapis.com", 8443).unwrap();
         assert_eq!(t.authority.as_str(), "a.googleapis.com:8443");
         assert!(!t.agrees_with("a.googleapis.com"));
+        assert!(t.agrees_with("A.googleapis.com.:8443"));
+        for bad in [
+            "a.googleapis.com:",
+            "a.googleapis.com:+8443",
+            "a.googleapis.com:08443x",
+            "a.googleapis.com:99999",
+            "u@a.googleapis.com:8443",
+            "a.googleapis.com:8443:8443",
+            "",
+        ] {
+            assert!(!t.agrees_with(bad), "{bad} agreed");
+        }
+        let t = Target::new(Scheme::HTTPS, "::1", 443).unwrap();
+        assert!(t.agrees_with("[::1]"));
+        assert!(t.agrees_with("[::1]:443"));
+        assert!(!t.agrees_with("::1"));
+        assert!(!t.agrees_with("[::1]443"));
+        assert!(!t.agrees_with("[::1"));
     }
 }
