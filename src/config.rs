@@ -968,6 +968,22 @@ mod tests {
     }
 
     #[test]
+    fn workers_and_upstream_protocol_are_checked_with_key_names() {
+        let cfg = parse("").unwrap();
+        assert!(cfg.proxy.worker_count() >= 1);
+        assert_eq!(cfg.upstream.protocol, UpstreamProtocol::Match);
+        let cfg = parse("[proxy]\nworkers = 3\n[upstream]\nprotocol = \"prefer_h2\"\n").unwrap();
+        assert_eq!(cfg.proxy.worker_count(), 3);
+        assert_eq!(cfg.upstream.protocol, UpstreamProtocol::PreferH2);
+        for bad in ["0", "1025"] {
+            let err = parse(&format!("[proxy]\nworkers = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("proxy.workers"), "{err}");
+        }
+        let err = parse("[upstream]\nprotocol = \"h3\"\n").unwrap_err();
+        assert!(err.to_string().contains("prefer_h2"), "{err}");
+    }
+
+    #[test]
     fn relative_paths_are_relative_to_the_config_file() {
         let cfg =
             Config::parse(Path::new("/etc/ip/proxy.toml"), "[ca]\ncert = \"ca.pem\"\n").unwrap();

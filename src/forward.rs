@@ -166,26 +166,28 @@ impl Upstream {
         self.send_with(&self.any, req).await
     }
 
-    /// Forwards a client's request, upstream in the client's HTTP version
-    /// (`client_version`) unless `protocol = "prefer_h2"`. HTTP/1.1 goes
-    /// over the client connection's own upstream connection (`sticky`).
+    /// Forwards a client's request over the client connection's own
+    /// upstream connection (`sticky`): in the client's HTTP version, or
+    /// HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
     pub(crate) async fn forward(
         &self,
         req: Request<ProxyBody>,
         client_version: Version,
         sticky: &Sticky,
     ) -> Result<Response<Incoming>, ForwardError> {
-        if self.protocol == UpstreamProtocol::Match && client_version < Version::HTTP_2 {
-            let send = sticky.send(&self.http1_connector, req);
-            return match tokio::time::timeout(self.response_timeout, send).await {
-                Ok(r) => r,
-                Err(_) => Err(ForwardError::Timeout {
-                    host: sticky.host(),
-                    after: self.response_timeout,
-                }),
-            };
+        let h2 = self.protocol == UpstreamProtocol::PreferH2 || client_version >= Version::HTTP_2;
+        let connector = if h2 {
+            &self.any_connector
+        } else {
+            &self.http1_connector
+        };
+        match tokio::time::timeout(self.response_timeout, sticky.send(connector, h2, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError::Timeout {
+                host: sticky.host(),
+                after: self.response_timeout,
+            }),
         }
-        self.send_with(&self.any, req).await
     }
 
     /// The idle HTTP/1.1 connections of this client's pool.

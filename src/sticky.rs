@@ -9,6 +9,11 @@
 //! the next client connection to the same host, so one-request clients
 //! (curl in a loop) still reuse upstream connections.
 //!
+//! HTTP/2 client connections (gRPC) share one multiplexed upstream
+//! connection per host and worker, held the same way, so no request pays
+//! for a pool checkout; an upstream that answers ALPN with `http/1.1` gets
+//! HTTP/1.1 instead.
+//!
 //! A connection taken from the idle list may have been closed by the
 //! server meanwhile: a request that was not sent on it is retried once on
 //! a new connection; one that was sent is not (its body is gone).
@@ -22,6 +27,9 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http2, TrySendError};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use crate::forward::{error_chain, Connector, ForwardError, ProxyBody};
@@ -39,11 +47,36 @@ struct Idle {
     sender: SendRequest<ProxyBody>,
 }
 
-/// A worker's idle upstream HTTP/1.1 connections, by scheme and authority.
+type H2Sender = http2::SendRequest<ProxyBody>;
+
+/// A worker's upstream connections kept for reuse, by scheme and
+/// authority: idle HTTP/1.1 ones, and the shared HTTP/2 one.
 #[derive(Clone, Default)]
-pub(crate) struct IdleList(Arc<Mutex<HashMap<Key, Vec<Idle>>>>);
+pub(crate) struct IdleList(
+    Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    Arc<Mutex<HashMap<Key, H2Sender>>>,
+);
 
 impl IdleList {
+    fn h2(&self, key: &Key) -> Option<H2Sender> {
+        let mut map = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_h2(&self, key: Key, sender: H2Sender) {
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, sender);
+    }
+
     fn take(&self, key: &Key) -> Option<SendRequest<ProxyBody>> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
@@ -85,6 +118,11 @@ impl IdleList {
             list.retain(usable);
             !list.is_empty()
         });
+        drop(map);
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| !s.is_closed());
     }
 }
 
@@ -96,8 +134,55 @@ fn usable(idle: &Idle) -> bool {
 /// first request, returned to the idle list when dropped.
 pub(crate) struct Sticky {
     key: Key,
-    held: Mutex<Option<SendRequest<ProxyBody>>>,
+    held: Mutex<Option<Sender>>,
     idle: IdleList,
+}
+
+/// An upstream connection's sending half.
+enum Sender {
+    H1(SendRequest<ProxyBody>),
+    H2(H2Sender),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn try_send(
+        &mut self,
+        mut req: Request<ProxyBody>,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match self {
+            Sender::H1(s) => {
+                // HTTP/1.1 wants the origin form and a Host header.
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = path.into();
+                if !req.headers().contains_key(header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                s.try_send_request(req).await
+            }
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sticky {
@@ -111,7 +196,8 @@ impl std::fmt::Debug for Sticky {
 impl Drop for Sticky {
     fn drop(&mut self) {
         let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = held.take() {
+        // An HTTP/2 connection stays shared in the worker's list.
+        if let Some(Sender::H1(sender)) = held.take() {
             self.idle.put(self.key.clone(), sender);
         }
     }
@@ -132,53 +218,56 @@ impl Sticky {
         self.key.1.host().to_owned()
     }
 
-    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+    fn take(&self, h2: bool) -> Option<Sender> {
         let held = self
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .filter(|s| !s.is_closed());
-        held.or_else(|| self.idle.take(&self.key))
+        held.or_else(|| {
+            if h2 {
+                self.idle.h2(&self.key).map(Sender::H2)
+            } else {
+                self.idle.take(&self.key).map(Sender::H1)
+            }
+        })
     }
 
-    fn keep(&self, sender: SendRequest<ProxyBody>) {
+    fn keep(&self, sender: Sender) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
     }
 
     /// Sends `req` (absolute URI, for this connection's authority) over
-    /// the kept connection, an idle one, or a new one from `connector`.
+    /// the kept connection, a reusable one, or a new one from `connector`
+    /// (which offers `h2` when `h2` is set, for HTTP/2 clients).
     pub async fn send(
         &self,
         connector: &Connector,
+        h2: bool,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let host = || self.host();
-        // HTTP/1.1 wants the origin form and a Host header.
-        let uri = req.uri().clone();
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = path.into();
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(self.key.1.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        let mut reused = self.take();
+        let mut reused = self.take(h2);
         loop {
             let was_reused = reused.is_some();
             let mut sender = match reused.take() {
                 Some(s) => s,
-                None => connect(connector, &uri)
-                    .await
-                    .map_err(|cause| ForwardError::Connect {
-                        host: host(),
-                        cause,
-                    })?,
+                None => {
+                    let new = connect(connector, req.uri()).await.map_err(|cause| {
+                        ForwardError::Connect {
+                            host: host(),
+                            cause,
+                        }
+                    })?;
+                    if let Sender::H2(s) = &new {
+                        self.idle.set_h2(self.key.clone(), s.clone());
+                    }
+                    new
+                }
             };
-            // Waits for the previous response on this connection to end.
+            // HTTP/1.1: waits for the previous response on this connection
+            // to end.
             if let Err(e) = sender.ready().await {
                 if was_reused {
                     continue;
@@ -188,7 +277,7 @@ impl Sticky {
                     cause: error_chain(&e),
                 });
             }
-            match sender.try_send_request(req).await {
+            match sender.try_send(req, &self.key.1).await {
                 Ok(resp) => {
                     self.keep(sender);
                     return Ok(resp);
@@ -209,9 +298,9 @@ impl Sticky {
     }
 }
 
-/// A new HTTP/1.1 connection to `uri`'s authority, driven by its own task
-/// on this worker.
-async fn connect(connector: &Connector, uri: &http::Uri) -> Result<SendRequest<ProxyBody>, String> {
+/// A new connection to `uri`'s authority, HTTP/2 if the server chose it
+/// by ALPN, driven by its own task on this worker.
+async fn connect(connector: &Connector, uri: &http::Uri) -> Result<Sender, String> {
     let mut connector = connector.clone();
     std::future::poll_fn(|cx| connector.poll_ready(cx))
         .await
@@ -220,6 +309,26 @@ async fn connect(connector: &Connector, uri: &http::Uri) -> Result<SendRequest<P
         .call(uri.clone())
         .await
         .map_err(|e| error_chain(&*e))?;
+    if io.connected().is_negotiated_h2() {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Fixed windows: an adaptive one starts at 64 KiB and throttles
+            // large responses while it learns; 4 MiB per stream (8 MiB per
+            // connection) bounds what one upstream connection can buffer.
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(8 << 20)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(io)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| error_chain(&e))?;
@@ -228,5 +337,5 @@ async fn connect(connector: &Connector, uri: &http::Uri) -> Result<SendRequest<P
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }

@@ -46,6 +46,7 @@ const CONFIGS: &[&str] = &[
     r#"[proxy]
 listen = "127.0.0.1:8080"
 drain_timeout = "30s"
+workers = 2
 
 [ca]
 cert = "certs/ca.pem"
@@ -59,6 +60,7 @@ file = "key.json"
 extra_ca = ["extra.pem"]
 connect_timeout = "10s"
 response_timeout = "300s"
+protocol = "prefer_h2"
 [upstream.resolve]
 "storage.googleapis.com" = "127.0.0.1:8443"
 
@@ -210,6 +212,8 @@ const KEYS: &[&str] = &[
     "listen",
     "drain_timeout",
     "allow_any_client",
+    "workers",
+    "protocol",
     "cert",
     "key",
     "type",

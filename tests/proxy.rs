@@ -92,8 +92,9 @@ async fn upstream_http_version_follows_the_client_unless_prefer_h2() {
         ("prefer_h2", false, "HTTP/2.0"),
         ("prefer_h2", true, "HTTP/2.0"),
     ] {
-        let w = world_with_upstream(
+        let w = world_with(
             &format!("proto-{protocol}-{client_h2}"),
+            "",
             &format!("protocol = \"{protocol}\""),
             "",
         )
@@ -147,6 +148,30 @@ async fn an_http1_client_connection_keeps_its_upstream_connection_and_hands_it_o
     assert!(
         reused,
         "a closed client connection's upstream connection is reused"
+    );
+}
+
+#[tokio::test]
+async fn http2_client_connections_share_one_upstream_connection_per_worker() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world_with("h2-shared", "workers = 1", "", "").await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&w.proxy, HOST, true).await);
+    }
+    for _ in 0..3 {
+        for c in &mut clients {
+            let resp = c.send(for_version(get(HOST, "/echo"), true)).await;
+            assert_eq!(resp.status(), 200);
+            let v = json(&body_string(resp).await);
+            assert_eq!(v["version"], "HTTP/2.0");
+        }
+    }
+    assert_eq!(w.seen.requests.load(Relaxed), 12);
+    assert_eq!(
+        w.seen.connections.load(Relaxed),
+        1,
+        "one multiplexed upstream connection"
     );
 }
 

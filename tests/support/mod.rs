@@ -269,10 +269,15 @@ impl TestProxy {
 /// Writes a CA into a fresh dir and returns a config using it, with the
 /// listener on an ephemeral loopback port. `extra` is appended TOML.
 pub fn config_with_ca(name: &str, extra: &str) -> (Config, PathBuf) {
+    config_with_proxy_keys(name, "", extra)
+}
+
+/// [`config_with_ca`] with more `[proxy]` keys (TOML lines).
+pub fn config_with_proxy_keys(name: &str, proxy_keys: &str, extra: &str) -> (Config, PathBuf) {
     let dir = tempdir(name);
     impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n{extra}"
+        "[proxy]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n{proxy_keys}\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n{extra}"
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, &text).unwrap();
@@ -450,11 +455,11 @@ pub struct World {
 }
 
 pub async fn world(name: &str, extra: &str) -> World {
-    world_with_upstream(name, "", extra).await
+    world_with(name, "", "", extra).await
 }
 
-/// [`world`] with more `[upstream]` keys (`upstream_keys`, TOML lines).
-pub async fn world_with_upstream(name: &str, upstream_keys: &str, extra: &str) -> World {
+/// [`world`] with more `[proxy]` and `[upstream]` keys (TOML lines).
+pub async fn world_with(name: &str, proxy_keys: &str, upstream_keys: &str, extra: &str) -> World {
     let dir = tempdir(&format!("{name}-up"));
     let certs = upstream_certs(&dir, &["storage.googleapis.com", "other.googleapis.com"]);
     let (upstream, seen) = start_upstream(Some(certs.server)).await;
@@ -462,7 +467,7 @@ pub async fn world_with_upstream(name: &str, upstream_keys: &str, extra: &str) -
         "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n{upstream_keys}\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}\n{PASSTHROUGH_ALL}",
         certs.ca_pem.display()
     );
-    let (cfg, dir) = config_with_ca(name, &toml);
+    let (cfg, dir) = config_with_proxy_keys(name, proxy_keys, &toml);
     let proxy = start_proxy(cfg, dir).await;
     World {
         proxy,
