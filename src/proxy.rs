@@ -368,6 +368,9 @@ impl Proxy {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
         let accepting = CancellationToken::new();
         let stop = CancellationToken::new();
+        // If this future is dropped instead of completing, the workers stop
+        // too rather than serving on unowned.
+        let _stop_workers = (accepting.clone().drop_guard(), stop.clone().drop_guard());
         let threads = match start_workers(&shared, listener, workers, &accepting, &stop) {
             Ok(t) => t,
             Err(e) => {
