@@ -1,6 +1,7 @@
-//! The upstream client: one pooled hyper client for every outbound request
-//! the proxy makes (forwarded traffic, token endpoints, IAM), HTTP/1.1 or
-//! HTTP/2 by ALPN, with the `[upstream.resolve]` map and `extra_ca` roots.
+//! The upstream client for every outbound request the proxy makes, with
+//! the `[upstream.resolve]` map and `extra_ca` roots: a pooled hyper
+//! client for the proxy's own calls (token endpoints, IAM), and the
+//! connectors that forwarded requests use through `crate::sticky`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -87,19 +88,18 @@ pub struct UpstreamSetupError(#[from] crate::tls::PemError);
 
 pub(crate) type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
 
-/// The shared upstream client. Cheap to clone.
+/// The upstream client. Cheap to clone (a clone shares its connections).
 #[derive(Clone)]
 pub struct Upstream {
-    /// Offers `h2` and `http/1.1` by ALPN: the proxy's own calls (token
-    /// endpoints, IAM) and requests from HTTP/2 clients.
+    /// Pooled, `h2` and `http/1.1` by ALPN: the proxy's own calls (token
+    /// endpoints, IAM).
     any: Client<Connector, ProxyBody>,
-    /// Offers `h2` and `http/1.1`; the connector of `any`, for
-    /// [`Upstream::with_own_pool`].
+    /// Offers `h2` and `http/1.1`: forwarding for HTTP/2 clients (and all
+    /// clients with `protocol = "prefer_h2"`), see `crate::sticky`.
     any_connector: Connector,
-    /// Offers `http/1.1` only: connections for HTTP/1.1 clients when
-    /// `protocol = "match"` (see `crate::sticky`).
+    /// Offers `http/1.1` only: forwarding for HTTP/1.1 clients.
     http1_connector: Connector,
-    /// Idle HTTP/1.1 connections of client connections that closed.
+    /// Forwarding connections kept for reuse.
     idle: IdleList,
     protocol: UpstreamProtocol,
     response_timeout: Duration,
@@ -148,22 +148,14 @@ impl Upstream {
         })
     }
 
-    /// The same client with connection pools of its own (a clone shares
-    /// them): each worker thread gets one, so that the thread that drives a
-    /// pooled connection is the one that sends on it.
+    /// The same client with forwarding connections of its own (a clone
+    /// shares them): each worker thread gets one, so that the thread that
+    /// drives an upstream connection is the one that sends on it.
     pub fn with_own_pool(&self) -> Upstream {
         Upstream {
-            any: pooled(self.any_connector.clone()),
             idle: IdleList::default(),
             ..self.clone()
         }
-    }
-
-    /// Sends one of the proxy's own requests (token endpoint, IAM). The URI
-    /// must be absolute (`https://host/path`); the destination is the URI's
-    /// host, resolved through the map.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
-        self.send_with(&self.any, req).await
     }
 
     /// Forwards a client's request over the client connection's own
@@ -190,16 +182,15 @@ impl Upstream {
         }
     }
 
-    /// The idle HTTP/1.1 connections of this client's pool.
+    /// The forwarding connections kept for reuse.
     pub(crate) fn idle(&self) -> &IdleList {
         &self.idle
     }
 
-    async fn send_with(
-        &self,
-        client: &Client<Connector, ProxyBody>,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    /// Sends one of the proxy's own requests (token endpoint, IAM). The URI
+    /// must be absolute (`https://host/path`); the destination is the URI's
+    /// host, resolved through the map.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
         // A refcount clone; the host is copied out only for an error.
         let authority = req.uri().authority().cloned();
         let host_on_error = || {
@@ -208,7 +199,7 @@ impl Upstream {
                 .map(|a| a.host().to_owned())
                 .unwrap_or_default()
         };
-        match tokio::time::timeout(self.response_timeout, client.request(req)).await {
+        match tokio::time::timeout(self.response_timeout, self.any.request(req)).await {
             Err(_) => Err(ForwardError::Timeout {
                 host: host_on_error(),
                 after: self.response_timeout,

@@ -52,14 +52,14 @@ type H2Sender = http2::SendRequest<ProxyBody>;
 /// A worker's upstream connections kept for reuse, by scheme and
 /// authority: idle HTTP/1.1 ones, and the shared HTTP/2 one.
 #[derive(Clone, Default)]
-pub(crate) struct IdleList(
-    Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
-    Arc<Mutex<HashMap<Key, H2Sender>>>,
-);
+pub(crate) struct IdleList {
+    h1: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    h2: Arc<Mutex<HashMap<Key, H2Sender>>>,
+}
 
 impl IdleList {
     fn h2(&self, key: &Key) -> Option<H2Sender> {
-        let mut map = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
             Some(s) if !s.is_closed() => Some(s.clone()),
             Some(_) => {
@@ -71,14 +71,14 @@ impl IdleList {
     }
 
     fn set_h2(&self, key: Key, sender: H2Sender) {
-        self.1
+        self.h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, sender);
     }
 
     fn take(&self, key: &Key) -> Option<SendRequest<ProxyBody>> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get_mut(key)?;
         let mut found = None;
         // Most recently used first: the least likely to have been closed.
@@ -99,7 +99,7 @@ impl IdleList {
         if !sender.is_ready() {
             return;
         }
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_HOST {
             list.remove(0);
@@ -113,13 +113,13 @@ impl IdleList {
     /// Drops (and so closes) connections idle for longer than
     /// [`IDLE_TIMEOUT`] or closed by the server.
     pub fn prune(&self) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, list| {
             list.retain(usable);
             !list.is_empty()
         });
         drop(map);
-        self.1
+        self.h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, s| !s.is_closed());
