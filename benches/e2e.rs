@@ -49,15 +49,16 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
         .unwrap();
     let ca_pem = dir.join("upstream-ca.pem");
     std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(impersonate_proxy::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(impersonate_proxy::net::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca_pem, Arc::new(cfg))
 }
@@ -278,12 +279,13 @@ enum Via {
 }
 
 fn client_tls(ca: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let roots = impersonate_proxy::tls::root_store(&[ca]).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(impersonate_proxy::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let roots = impersonate_proxy::net::tls::root_store(&[ca]).unwrap();
+    let mut c =
+        rustls::ClientConfig::builder_with_provider(impersonate_proxy::net::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     c.alpn_protocols = vec![alpn.to_vec()];
     c.resumption = rustls::client::Resumption::disabled();
     Arc::new(c)

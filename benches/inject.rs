@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
-use impersonate_proxy::inject::{self, Outcome};
-use impersonate_proxy::routes::RouteTable;
+use impersonate_proxy::policy::inject::{self, Outcome};
+use impersonate_proxy::policy::routes::RouteTable;
 
 #[path = "support/hot_path.rs"]
 mod hot_path;

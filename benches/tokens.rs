@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderValue;
+use impersonate_proxy::control::Registry;
 use impersonate_proxy::google::{CredentialError, Mint, Token, TokenRequest};
-use impersonate_proxy::tokens::Registry;
 
 /// Mints a fixed token without any I/O.
 struct Fixed;

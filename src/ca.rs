@@ -231,7 +231,7 @@ impl CertAuthority {
         let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| crypto("generating the leaf key", e))?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let leaf_signer = crate::tls::provider()
+        let leaf_signer = crate::net::tls::provider()
             .key_provider
             .load_private_key(der)
             .map_err(|e| crypto("loading the leaf key", e))?;
@@ -282,7 +282,7 @@ impl CertAuthority {
     fn mint(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
         let der = self.leaf_der(host)?;
         let key = Arc::new(CertifiedKey::new(vec![der], self.leaf_signer.clone()));
-        let mut cfg = ServerConfig::builder_with_provider(crate::tls::provider())
+        let mut cfg = ServerConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| crypto("TLS versions", e))?
             .with_no_client_auth()
@@ -290,7 +290,7 @@ impl CertAuthority {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         cfg.session_storage = self.sessions.clone();
         tracing::debug!(host, "minted leaf certificate");
-        crate::metrics::global().cert_minted();
+        crate::ops::metrics::global().cert_minted(self.cached_hosts());
         Ok(Arc::new(cfg))
     }
 

@@ -1,8 +1,10 @@
-//! The TOML configuration file: its shape, defaults, and validation with
-//! errors that name the key and what is wrong with it.
+//! The TOML configuration file: its shape, defaults, and the checks of
+//! single values, with errors that name the key and what is wrong with it.
+//! It imports nothing of the crate: what a value means to the rest of the
+//! proxy (host patterns, CIDRs, routes, cross-references) is decided by
+//! the one compile pass, `policy::compile`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -151,18 +153,6 @@ pub struct ProxyAuthConfig {
     pub user: String,
     /// A file holding the password (owner-only); the config never does.
     pub password_file: PathBuf,
-}
-
-/// Parses a CIDR or a bare address (a /32 or /128).
-pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet, ConfigError> {
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| {
-            ConfigError::invalid(
-                key,
-                format!("`{s}` is not a CIDR (e.g. \"10.8.0.0/16\") or an IP address"),
-            )
-        })
 }
 
 /// `[audit]`
@@ -574,84 +564,6 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
-/// A host pattern from the config: an exact name or `*.suffix`.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
-    /// Matches this name only (lowercase, no trailing dot).
-    Exact(String),
-    /// Matches any name that ends with `.suffix` (stored as `.suffix`).
-    Suffix(String),
-}
-
-impl HostPattern {
-    /// Parses `host` or `*.suffix`; `key` names the config key for errors.
-    pub fn parse(key: &str, raw: &str) -> Result<Self, ConfigError> {
-        let s = normalize_host(raw);
-        if let Some(rest) = s.strip_prefix("*.") {
-            check_dns_name(key, raw, rest)?;
-            return Ok(HostPattern::Suffix(format!(".{rest}")));
-        }
-        if s.contains('*') {
-            return Err(ConfigError::invalid(
-                key,
-                format!("`{raw}`: a wildcard is only allowed as a leading `*.` (e.g. \"*.googleapis.com\")"),
-            ));
-        }
-        check_dns_name(key, raw, &s)?;
-        Ok(HostPattern::Exact(s))
-    }
-
-    /// Whether `host` (already normalized) matches.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Suffix(sfx) => host.len() > sfx.len() && host.ends_with(sfx.as_str()),
-        }
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Suffix(s) => write!(f, "*{s}"),
-        }
-    }
-}
-
-impl fmt::Debug for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Lowercases a host name and drops a trailing dot, the form every
-/// comparison in the proxy uses.
-pub fn normalize_host(host: &str) -> String {
-    let h = host.strip_suffix('.').unwrap_or(host);
-    h.to_ascii_lowercase()
-}
-
-fn check_dns_name(key: &str, raw: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            format!("`{raw}` is not a host name (expected e.g. \"storage.googleapis.com\" or \"*.googleapis.com\")"),
-        ))
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -703,7 +615,10 @@ impl Config {
         }
     }
 
-    /// Checks the values that parse but are not allowed.
+    /// Checks the values that parse but are not allowed, each on its own.
+    /// What values mean together (host patterns, CIDRs, routes, names that
+    /// refer to other entries) is checked by `policy::compile`, which every
+    /// start, reload and `check` runs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.intercept.hosts.is_empty() {
             return Err(ConfigError::invalid(
@@ -711,21 +626,13 @@ impl Config {
                 "is empty; list the hosts to terminate, e.g. [\"*.googleapis.com\"]",
             ));
         }
-        self.intercept_patterns()?;
         self.validate_clients()?;
         self.validate_metadata()?;
-        crate::routes::compile_rules(self)?;
-        for (i, c) in self.intercept.allow_private.iter().enumerate() {
-            parse_cidr(&format!("intercept.allow_private[{i}]"), c)?;
-        }
         if self.intercept.ports.is_empty() || self.intercept.ports.contains(&0) {
             return Err(ConfigError::invalid(
                 "intercept.ports",
                 "list the ports intercepted hosts may be reached on, e.g. [443]",
             ));
-        }
-        for host in self.upstream.resolve.keys() {
-            HostPattern::parse(&format!("upstream.resolve.\"{host}\""), host)?;
         }
         match self.source.kind {
             SourceKind::ServiceAccount | SourceKind::AuthorizedUser
@@ -807,9 +714,6 @@ impl Config {
                     "needs `cidrs`, `proxy_auth`, or both: a client that matches everyone would make the list pointless",
                 ));
             }
-            for (j, cidr) in c.cidrs.iter().enumerate() {
-                parse_cidr(&format!("client[{i}].cidrs[{j}]"), cidr)?;
-            }
             if let Some(a) = &c.proxy_auth {
                 if a.user.is_empty() || a.user.contains(':') {
                     return Err(ConfigError::invalid(
@@ -841,14 +745,6 @@ impl Config {
 
     fn validate_metadata(&self) -> Result<(), ConfigError> {
         let m = &self.metadata;
-        for (i, name) in m.real_clients.iter().enumerate() {
-            if !self.clients.iter().any(|c| &c.name == name) {
-                return Err(ConfigError::invalid(
-                    format!("metadata.real_clients[{i}]"),
-                    format!("`{name}` is not the name of any [[client]]"),
-                ));
-            }
-        }
         for (i, a) in m.audiences.iter().enumerate() {
             if a.trim().is_empty() {
                 return Err(ConfigError::invalid(
@@ -876,17 +772,11 @@ impl Config {
         if !m.enabled {
             return Ok(());
         }
-        match &m.service_account {
-            None => {
-                return Err(ConfigError::invalid(
-                    "metadata.service_account",
-                    "is required when [metadata] enabled = true: the service account (email) the metadata identity maps to",
-                ))
-            }
-            Some(sa) => {
-                crate::google::principal_email(sa)
-                    .map_err(|e| ConfigError::invalid("metadata.service_account", e.to_string()))?;
-            }
+        if m.service_account.is_none() {
+            return Err(ConfigError::invalid(
+                "metadata.service_account",
+                "is required when [metadata] enabled = true: the service account (email) the metadata identity maps to",
+            ));
         }
         if m.tokens == MetadataTokens::Real && m.real_clients.is_empty() {
             return Err(ConfigError::invalid(
@@ -895,24 +785,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The hosts that are terminated and routed: `[intercept] hosts` plus
-    /// every route's hosts (a route for a host implies intercepting it).
-    pub fn intercept_patterns(&self) -> Result<Vec<HostPattern>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, h) in self.intercept.hosts.iter().enumerate() {
-            out.push(HostPattern::parse(&format!("intercept.hosts[{i}]"), h)?);
-        }
-        for (r, route) in self.routes.iter().enumerate() {
-            for (i, h) in route.hosts.iter().enumerate() {
-                let p = HostPattern::parse(&format!("route[{r}].hosts[{i}]"), h)?;
-                if !out.contains(&p) {
-                    out.push(p);
-                }
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -938,23 +810,6 @@ mod tests {
         let err = parse("[proxy]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("listn"), "{msg}");
-    }
-
-    #[test]
-    fn bad_host_pattern_names_the_key() {
-        let err = parse("[intercept]\nhosts = [\"a.com\", \"foo.*.com\"]\n").unwrap_err();
-        assert!(err.to_string().contains("intercept.hosts[1]"), "{err}");
-    }
-
-    #[test]
-    fn host_patterns_match_by_suffix_and_exactly() {
-        let s = HostPattern::parse("k", "*.GoogleAPIs.com.").unwrap();
-        assert!(s.matches("storage.googleapis.com"));
-        assert!(!s.matches("googleapis.com"));
-        assert!(!s.matches("evilgoogleapis.com"));
-        let e = HostPattern::parse("k", "storage.googleapis.com").unwrap();
-        assert!(e.matches("storage.googleapis.com"));
-        assert!(!e.matches("x.storage.googleapis.com"));
     }
 
     #[test]
@@ -1000,25 +855,12 @@ mod tests {
             err.to_string().contains("metadata.service_account"),
             "{err}"
         );
-        let err = parse("[metadata]\nenabled = true\nservice_account = \"nobody\"\n").unwrap_err();
-        assert!(
-            err.to_string().contains("metadata.service_account"),
-            "{err}"
-        );
         let sa = "service_account = \"a@p.iam.gserviceaccount.com\"";
         let err = parse(&format!(
             "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\n"
         ))
         .unwrap_err();
         assert!(err.to_string().contains("metadata.real_clients"), "{err}");
-        let err = parse(&format!(
-            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n"
-        ))
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("metadata.real_clients[0]"),
-            "{err}"
-        );
         let err = parse(&format!(
             "[metadata]\nenabled = true\n{sa}\ntoken = \"real\"\n"
         ))

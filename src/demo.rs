@@ -277,8 +277,8 @@ impersonate = "{READER}"
 }
 
 fn client_tls(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = crate::tls::root_store(&[ca]).map_err(|e| e.to_string())?;
-    let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let roots = crate::net::tls::root_store(&[ca]).map_err(|e| e.to_string())?;
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

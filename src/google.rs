@@ -1,17 +1,20 @@
 //! Credential exchanges with Google: the source credential (credential A),
 //! and IAM Credentials calls that turn it into a token for the target
-//! principal. Every call goes through [`Upstream::send`], so
+//! principal; and the token slot, the lock-free cell each token is served
+//! from. Every call goes through [`Outbound::send`], so
 //! `[upstream.resolve]` and `extra_ca` apply to token endpoints too.
 
 mod error;
 pub(crate) mod iam;
 pub mod jwt;
+pub mod slot;
 pub mod source;
 mod token;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +22,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::Config;
-use crate::forward::{ForwardError, ProxyBody, Upstream};
+use crate::net::{ForwardError, Outbound, ProxyBody};
 
 pub use error::CredentialError;
 pub use source::{AdcEnv, SourceCredential};
@@ -63,15 +66,28 @@ impl fmt::Debug for Minter {
 
 impl Minter {
     /// Builds the source credential from `[source]` (discovering ADC from
-    /// `env`) and the upstream client from `[upstream]`.
+    /// `env`) and an outbound client of its own from `[upstream]` (for a
+    /// one-off mint; a running proxy shares its client through
+    /// [`Minter::with_upstream`]).
     pub fn from_config(cfg: &Config, env: &AdcEnv) -> Result<Minter, CredentialError> {
+        let upstream = Arc::new(Outbound::new(&cfg.upstream)?);
+        Minter::with_upstream(cfg, env, upstream)
+    }
+
+    /// Builds the source credential from `[source]` (discovering ADC from
+    /// `env`); every call goes through `upstream`, the process's one
+    /// outbound client.
+    pub fn with_upstream(
+        cfg: &Config,
+        env: &AdcEnv,
+        upstream: Arc<Outbound>,
+    ) -> Result<Minter, CredentialError> {
         let source = SourceCredential::from_config(&cfg.source, env)?;
-        let upstream = Upstream::new(&cfg.upstream)?;
         Ok(Minter::new(upstream, source))
     }
 
-    /// A minter over an existing upstream client.
-    pub fn new(upstream: Upstream, source: SourceCredential) -> Minter {
+    /// A minter over an existing outbound client.
+    pub fn new(upstream: Arc<Outbound>, source: SourceCredential) -> Minter {
         Minter {
             http: Http { upstream },
             source: source::SourceCache::new(source),
@@ -113,7 +129,7 @@ pub async fn mint_once(cfg: &Config, req: &TokenRequest) -> Result<Token, Creden
 /// requests, whole (bounded) response bodies.
 #[derive(Clone)]
 pub(crate) struct Http {
-    pub(crate) upstream: Upstream,
+    pub(crate) upstream: Arc<Outbound>,
 }
 
 /// A buffered answer.

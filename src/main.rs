@@ -199,6 +199,10 @@ fn check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let checked = match impersonate_proxy::policy::check(&cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
     println!("{}: ok", path.display());
     println!("listen     {}", cfg.proxy.listen);
     println!(
@@ -212,7 +216,7 @@ fn check(path: &Path) -> ExitCode {
     for (host, addr) in &cfg.upstream.resolve {
         println!("resolve    {host} -> {addr}");
     }
-    let rules = impersonate_proxy::routes::compile_rules(&cfg).unwrap_or_default();
+    let rules = checked.rules;
     if rules.is_empty() {
         println!("routes     none: every intercepted request is denied (403) until a [[route]] matches it");
     } else {
@@ -261,7 +265,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
 }
 
 fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = impersonate_proxy::policy::check(&cfg) {
         return fail(2, e);
     }
     let rt = match runtime() {
@@ -290,8 +294,10 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
         {
             eprintln!("warning: GCE_METADATA_HOST in this shell points at this proxy: an adc or metadata [source] would ask the proxy itself for its token; export it only in the shell of the program to proxy");
         }
-        proxy.serve(shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match proxy.serve(shutdown_signal()).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        }
     })
 }
 

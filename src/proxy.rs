@@ -1,8 +1,21 @@
-//! The running proxy: state shared by every connection, built once at
-//! start-up from the config, and the public `Proxy` handle that binds the
-//! listener and serves until a shutdown signal.
+//! The data plane: what a worker thread needs to serve client connections
+//! ([`DataPlane`]), and the public [`Proxy`] handle that binds the
+//! listeners, starts the control plane and the workers, and serves until
+//! a shutdown signal.
+//!
+//! A request meets, in order: `workers` (accept), `listener` (client
+//! identity, CONNECT or absolute-form), `tunnel` (intercept or splice),
+//! `request` (normalise, route, inject), `upstream` (forward), `reply`
+//! (errors the proxy writes itself).
 
-use std::collections::BTreeMap;
+mod idle;
+mod listener;
+pub mod reply;
+mod request;
+mod tunnel;
+mod upstream;
+mod workers;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,23 +24,16 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use arc_swap::ArcSwap;
-
-use crate::audit::AuditSink;
 use crate::ca::{CaError, CertAuthority};
-use crate::clients::{ClientError, Clients};
-
-use crate::config::{
-    normalize_host, parse_cidr, Config, ConfigError, HostPattern, LimitsConfig, OtherHosts,
-};
-use crate::forward::{Upstream, UpstreamSetupError};
-use crate::google::{CredentialError, Mint, Token, TokenRequest};
-use crate::metadata::Metadata;
-use crate::routes::{compile_rules, RouteTable};
-use crate::tokens::Registry;
+use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::control::{ControlPlane, ReloadError, Reloaded};
+use crate::net::{tune, Outbound, UpstreamSetupError};
+use crate::ops::audit::AuditSink;
+use crate::policy::{ClientError, CompileError};
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,19 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The worker threads could not be started (threads, event loops or
+    /// file descriptors ran out).
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+impl From<CompileError> for StartError {
+    fn from(e: CompileError) -> Self {
+        match e {
+            CompileError::Config(e) => StartError::Config(e),
+            CompileError::Clients(e) => StartError::Clients(e),
+        }
+    }
 }
 
 impl StartError {
@@ -66,145 +85,30 @@ impl StartError {
     }
 }
 
-/// What a reload can change: which hosts are intercepted, who may use the
-/// proxy, egress policy, and the routes. Swapped whole, atomically; readers
-/// never block.
-pub(crate) struct Policy {
-    pub intercept: Vec<HostPattern>,
-    pub other: OtherHosts,
-    pub intercept_ports: Vec<u16>,
-    pub allow_private: Vec<ipnet::IpNet>,
-    pub allow_ip_literals: bool,
-    pub clients: Clients,
-    pub routes: RouteTable,
-}
+/// Holds one place under `limits.max_connections` for as long as the client
+/// connection or any tunnel opened from it lives.
+pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
 
-impl Policy {
-    /// Builds the policy of `cfg`; slots come from `registry`, so a token
-    /// whose request did not change keeps its slot (no re-mint).
-    fn build(cfg: &Config, registry: &Registry) -> Result<Policy, StartError> {
-        cfg.validate()?;
-        let specs = compile_rules(cfg)?;
-        Ok(Policy {
-            intercept: cfg.intercept_patterns()?,
-            other: cfg.intercept.other,
-            intercept_ports: cfg.intercept.ports.clone(),
-            allow_private: cfg
-                .intercept
-                .allow_private
-                .iter()
-                .filter_map(|c| parse_cidr("", c).ok())
-                .collect(),
-            allow_ip_literals: cfg.intercept.allow_ip_literals,
-            clients: Clients::load(cfg)?,
-            routes: RouteTable::build(&specs, registry),
-        })
-    }
-
-    /// Whether CONNECTs to `host` (normalized) are terminated and routed.
-    pub fn intercepts(&self, host: &str) -> bool {
-        host.parse::<std::net::IpAddr>().is_err() && self.intercept.iter().any(|p| p.matches(host))
-    }
-}
-
-/// State every connection and request shares.
-pub(crate) struct Shared {
-    pub policy: ArcSwap<Policy>,
-    pub limits: LimitsConfig,
-    pub resolve: BTreeMap<String, SocketAddr>,
-    pub connect_timeout: Duration,
+/// What every worker shares: built once at start-up.
+pub(crate) struct DataPlane {
+    /// The policy, token slots and metadata answers.
+    pub control: Arc<ControlPlane>,
     pub ca: CertAuthority,
-    pub upstream: Upstream,
-    /// Owns the token slots and their refresher tasks; the metadata
-    /// endpoint asks it for slots on demand.
-    pub registry: Registry,
-    /// The metadata-server endpoint, when `[metadata] enabled` (a restart
-    /// applies changes to it, a reload does not).
-    pub metadata: Option<Metadata>,
+    /// The process's one outbound client (forwarding connectors, tunnels).
+    pub upstream: Arc<Outbound>,
+    pub limits: LimitsConfig,
     pub audit: AuditSink,
     pub h1: http1::Builder,
     pub h2: http2::Builder<TokioExecutor>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub connections: Arc<tokio::sync::Semaphore>,
-    /// The config as started, to tell what a reload cannot change.
-    pub started: Config,
-    /// Where `reload` reads the config from.
-    pub config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
-}
-
-impl Shared {
-    /// Re-reads the config file and swaps in its policy. On any error the
-    /// running policy stays. Returns what happened, for the log and the
-    /// admin endpoint.
-    pub fn reload(&self) -> Result<String, String> {
-        let path = self
-            .config_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or("the proxy was not started from a config file; nothing to reload")?;
-        let result = Config::load(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| {
-                Policy::build(&cfg, &self.registry)
-                    .map(|p| (cfg, p))
-                    .map_err(|e| e.to_string())
-            });
-        let (cfg, policy) = match result {
-            Ok(x) => x,
-            Err(e) => {
-                crate::metrics::global().reload(false);
-                tracing::error!(config = %path.display(), error = %e, "reload failed; keeping the running config");
-                return Err(format!("reload failed, running config kept: {e}"));
-            }
-        };
-        let mut restart = Vec::new();
-        let s = &self.started;
-        if cfg.proxy.listen != s.proxy.listen
-            || cfg.proxy.admin != s.proxy.admin
-            || cfg.proxy.workers != s.proxy.workers
-        {
-            restart.push("[proxy] listen/admin/workers");
-        }
-        if cfg.ca != s.ca {
-            restart.push("[ca]");
-        }
-        if cfg.source != s.source {
-            restart.push("[source]");
-        }
-        if cfg.upstream != s.upstream {
-            restart.push("[upstream]");
-        }
-        if cfg.limits != s.limits {
-            restart.push("[limits]");
-        }
-        if cfg.audit != s.audit {
-            restart.push("[audit]");
-        }
-        if cfg.metadata != s.metadata {
-            restart.push("[metadata]");
-        }
-        let routes = policy.routes.routes().len();
-        self.policy.store(Arc::new(policy));
-        crate::metrics::global().reload(true);
-        let mut msg = format!("reloaded {}: {routes} routes", path.display());
-        if !restart.is_empty() {
-            msg.push_str(&format!(
-                "; changes to {} need a restart and were not applied",
-                restart.join(", ")
-            ));
-            tracing::warn!(config = %path.display(), needs_restart = %restart.join(", "), "reload applied routes, clients and intercept policy; other changes need a restart");
-        }
-        tracing::info!(config = %path.display(), routes, "config reloaded");
-        Ok(msg)
-    }
 }
 
 /// A handle that reloads the running proxy's config (SIGHUP, `POST
 /// /reload`).
 #[derive(Clone)]
-pub struct Reloader(Arc<Shared>);
+pub struct Reloader(Arc<ControlPlane>);
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,14 +118,14 @@ impl std::fmt::Debug for Reloader {
 
 impl Reloader {
     /// Re-reads the config file; see [`Proxy::with_config_file`].
-    pub fn reload(&self) -> Result<String, String> {
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         self.0.reload()
     }
 }
 
 /// A bound, ready-to-serve proxy.
 pub struct Proxy {
-    shared: Arc<Shared>,
+    data: Arc<DataPlane>,
     listener: TcpListener,
     admin: Option<TcpListener>,
     drain_timeout: Duration,
@@ -237,18 +141,27 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Loads the CA, builds the upstream client and binds the listeners.
+    /// Loads the CA, builds the outbound client, binds the listeners and
+    /// starts the control plane on the caller's runtime.
     pub async fn bind(cfg: &Config) -> Result<Proxy, StartError> {
+        cfg.validate()?;
         let ca = CertAuthority::load(&cfg.ca.cert, &cfg.ca.key)?;
-        let upstream = Upstream::new(&cfg.upstream)?;
-        let registry = registry_for(cfg);
-        let policy = Policy::build(cfg, &registry)?;
+        let upstream = Arc::new(Outbound::new(&cfg.upstream)?);
+        let listener = listen(cfg.proxy.listen).map_err(|source| StartError::Bind {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+        let control = ControlPlane::start(cfg, upstream.clone(), local)?;
         let audit = AuditSink::start(&cfg.audit).map_err(StartError::Audit)?;
         let l = cfg.limits.clone();
 
         let mut h1 = http1::Builder::new();
         // Request heads and idle keep-alive connections are timed by the
-        // connection's watchdog (src/idle.rs); hyper's own header timer
+        // connection's watchdog (proxy/idle.rs); hyper's own header timer
         // would add a boxed timer per request.
         h1.timer(TokioTimer::new())
             .header_read_timeout(None)
@@ -261,18 +174,9 @@ impl Proxy {
             .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(64))
             .max_local_error_reset_streams(Some(256))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .keep_alive_interval(Some(tune::H2_KEEP_ALIVE_INTERVAL))
+            .keep_alive_timeout(tune::H2_KEEP_ALIVE_TIMEOUT);
 
-        let listener = listen(cfg.proxy.listen).map_err(|source| StartError::Bind {
-            addr: cfg.proxy.listen,
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: cfg.proxy.listen,
-            source,
-        })?;
-        let metadata = Metadata::new(&cfg.metadata, &registry, local)?;
         let admin = match cfg.proxy.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -281,35 +185,24 @@ impl Proxy {
             ),
             None => None,
         };
-        let shared = Shared {
-            policy: ArcSwap::from_pointee(policy),
-            resolve: cfg
-                .upstream
-                .resolve
-                .iter()
-                .map(|(k, v)| (normalize_host(k), *v))
-                .collect(),
-            connect_timeout: cfg.upstream.connect_timeout,
+        let data = DataPlane {
+            control: Arc::new(control),
             connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
             limits: l,
             ca,
             upstream,
-            metadata,
-            registry,
             audit,
             h1,
             h2,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            started: cfg.clone(),
-            config_path: std::sync::Mutex::new(None),
         };
         tracing::info!(
-            routes = shared.policy.load().routes.routes().len(),
+            routes = data.control.policy().routes().routes().len(),
             "config loaded"
         );
         Ok(Proxy {
-            shared: Arc::new(shared),
+            data: Arc::new(data),
             listener,
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
@@ -319,17 +212,13 @@ impl Proxy {
 
     /// Makes `reload` (SIGHUP, `POST /reload`) re-read this file.
     pub fn with_config_file(self, path: std::path::PathBuf) -> Proxy {
-        *self
-            .shared
-            .config_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(path);
+        self.data.control.set_config_path(path);
         self
     }
 
     /// A handle to reload the config while serving.
     pub fn reloader(&self) -> Reloader {
-        Reloader(self.shared.clone())
+        Reloader(self.data.control.clone())
     }
 
     /// The admin listener's address, if `[proxy] admin` is set.
@@ -346,7 +235,8 @@ impl Proxy {
 
     /// Serves until `signal` completes, then stops accepting, asks every
     /// connection to finish its in-flight requests, and waits for them up
-    /// to `[proxy] drain_timeout`. Returns whether everything drained.
+    /// to `[proxy] drain_timeout`. Returns whether everything drained, or
+    /// why serving could not start.
     ///
     /// Client connections are served by `[proxy] workers` threads, each
     /// running its own single-threaded event loop that accepts from the
@@ -354,42 +244,36 @@ impl Proxy {
     /// connections stay on one thread, with no hand-offs between threads
     /// per request. The caller's runtime keeps the control plane: the
     /// admin endpoint, token refreshes, reloads.
-    pub async fn serve(self, signal: impl Future<Output = ()>) -> bool {
+    pub async fn serve(self, signal: impl Future<Output = ()>) -> Result<bool, StartError> {
         let Proxy {
-            shared,
+            data,
             listener,
             admin,
             drain_timeout,
             workers,
         } = self;
-        // The admin endpoint outlives the drain, so /readyz answers 503
-        // while in-flight requests finish.
-        let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(shared.clone(), l)));
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
         let accepting = CancellationToken::new();
         let stop = CancellationToken::new();
         // If this future is dropped instead of completing, the workers stop
         // too rather than serving on unowned.
         let _stop_workers = (accepting.clone().drop_guard(), stop.clone().drop_guard());
-        let threads = match start_workers(&shared, listener, workers, &accepting, &stop) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the worker threads");
-                if let Some(t) = admin_task {
-                    t.abort();
-                }
-                return false;
-            }
-        };
+        let threads = workers::start(&data, listener, workers, &accepting, &stop)
+            .map_err(StartError::Workers)?;
+        // The admin endpoint outlives the drain, so /readyz answers 503
+        // while in-flight requests finish.
+        let admin_task =
+            admin.map(|l| tokio::spawn(crate::control::serve_admin(data.control.clone(), l)));
         signal.await;
         accepting.cancel();
         tracing::info!(
-            in_flight = shared.tasks.len(),
+            in_flight = data.tasks.len(),
             "shutting down: draining connections"
         );
-        shared.shutdown.cancel();
-        shared.tasks.close();
-        let drained = tokio::time::timeout(drain_timeout, shared.tasks.wait())
+        data.control.start_draining();
+        data.shutdown.cancel();
+        data.tasks.close();
+        let drained = tokio::time::timeout(drain_timeout, data.tasks.wait())
             .await
             .is_ok();
         // Ends the workers' loops; what is still open is closed.
@@ -403,108 +287,22 @@ impl Proxy {
         if let Some(t) = admin_task {
             t.abort();
         }
-        let audit = shared.audit.clone();
+        let audit = data.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         if drained {
             tracing::info!("shutdown complete");
         } else {
             tracing::warn!(
-                left = shared.tasks.len(),
+                left = data.tasks.len(),
                 "drain timeout reached; closing remaining connections"
             );
         }
-        drained
-    }
-}
-
-/// Starts `n` worker threads accepting from `listener` until `accepting`
-/// is cancelled and serving their connections until `stop` is.
-fn start_workers(
-    shared: &Arc<Shared>,
-    listener: TcpListener,
-    n: usize,
-    accepting: &CancellationToken,
-    stop: &CancellationToken,
-) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let listener = listener.into_std()?;
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n.max(1) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = listener.try_clone()?;
-        let (shared, accepting, done) = (shared.clone(), accepting.clone(), stop.clone());
-        // Each worker has its own upstream pool, so that a pooled
-        // connection is driven by the thread that uses it.
-        let upstream = Arc::new(shared.upstream.with_own_pool());
-        let thread = std::thread::Builder::new()
-            .name(format!("worker-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let idle = upstream.idle().clone();
-                    tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(crate::sticky::IDLE_TIMEOUT / 3).await;
-                            idle.prune();
-                        }
-                    });
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => {
-                            crate::listener::accept_loop(
-                                &shared,
-                                l,
-                                upstream,
-                                accepting.cancelled(),
-                            )
-                            .await
-                        }
-                        Err(e) => tracing::error!(error = %e, "worker cannot listen"),
-                    }
-                    // Connections accepted here are served by this loop
-                    // until the drain is over.
-                    done.cancelled().await;
-                });
-            });
-        match thread {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                // Those already started stop with the proxy.
-                stop.cancel();
-                return Err(e);
-            }
-        }
-    }
-    Ok(threads)
-}
-
-/// The token registry for `[source]`. A source that cannot be loaded (no
-/// ADC on this machine, a missing key file) does not stop the proxy: routes
-/// that need a token answer 503 with the cause, the others keep working.
-fn registry_for(cfg: &Config) -> Registry {
-    match Registry::from_config(cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "source credential unavailable; routes that impersonate will answer 503 until it is fixed and the proxy restarted");
-            Registry::new(Arc::new(NoSource(e.to_string())))
-        }
-    }
-}
-
-/// A minter whose source credential could not be loaded.
-pub(crate) struct NoSource(pub String);
-
-impl Mint for NoSource {
-    fn mint<'a>(
-        &'a self,
-        _req: &'a TokenRequest,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
-        let message = self.0.clone();
-        Box::pin(async move { Err(CredentialError::SourceUnavailable { message }) })
+        Ok(drained)
     }
 }
 
 /// Binds with a backlog deep enough for a burst of clients waiting for a
-/// place under `max_connections` (the default of 128 drops them).
+/// place under `max_connections`.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -513,5 +311,5 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(tune::ACCEPT_BACKLOG)
 }

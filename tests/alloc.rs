@@ -4,7 +4,7 @@
 //! allocator counts every thread of the binary).
 
 use http::header::AUTHORIZATION;
-use impersonate_proxy::inject::{self, Outcome};
+use impersonate_proxy::policy::inject::{self, Outcome};
 
 #[path = "../benches/support/hot_path.rs"]
 mod hot_path;

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use impersonate_proxy::config::{Config, SourceConfig, SourceKind};
+use impersonate_proxy::control::Registry;
 use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
-use impersonate_proxy::forward::{full_body, Upstream};
 use impersonate_proxy::google::jwt::decode_unverified;
+use impersonate_proxy::google::slot::{SlotStatus, Unavailable};
 use impersonate_proxy::google::{
     mint_once, AdcEnv, CredentialError, Minter, SourceCredential, Token, TokenRequest,
 };
-use impersonate_proxy::tokens::{Registry, SlotStatus, Unavailable};
+use impersonate_proxy::net::{full_body, Outbound};
 
 const SOURCE_SA: &str = "caller@emulator-project.iam.gserviceaccount.com";
 const TARGET: &str = "reader@emulator-project.iam.gserviceaccount.com";
@@ -443,7 +444,7 @@ async fn storage_sees_the_impersonated_principal_over_h2() {
         .mint_token(&access(TARGET, &[]))
         .await
         .unwrap();
-    let upstream = Upstream::new(&emu.upstream_config()).unwrap();
+    let upstream = Arc::new(Outbound::new(&emu.upstream_config()).unwrap());
     let get = |bearer: Option<String>| {
         let mut req = http::Request::get("https://storage.googleapis.com/storage/v1/b/bkt/o")
             .header("x-goog-user-project", "billing-project");
@@ -547,7 +548,7 @@ async fn debug_of_every_token_holding_type_hides_the_secret() {
 #[tokio::test]
 async fn the_metadata_server_requires_its_header_and_serves_email_token_identity() {
     let emu = emulator(None).await;
-    let upstream = Upstream::new(&emu.upstream_config()).unwrap();
+    let upstream = Arc::new(Outbound::new(&emu.upstream_config()).unwrap());
     // `metadata.google.internal` reaches the emulator through `resolve`.
     let get = |path: &str, flavor: bool| {
         let mut req = http::Request::get(format!(

@@ -1,5 +1,6 @@
 //! Bounded, seeded fuzzing through the public interface: config text into
-//! `Config::parse`, and CONNECT request targets into a live proxy.
+//! `Config::parse` and the compile pass (`policy::check`), and CONNECT
+//! request targets into a live proxy.
 //!
 //! Every run is reproducible (fixed seeds). To run longer, set the number of
 //! iterations (the default is 20,000 configs and 2,000 CONNECTs; the
@@ -381,11 +382,22 @@ fn config_parse_never_panics_and_explains_every_refusal() {
         let problem = match parsed {
             Err(_) => Some("Config::parse panicked".to_owned()),
             Ok(Ok(cfg)) => {
-                ok += 1;
-                match catch_unwind(AssertUnwindSafe(|| cfg.validate())) {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(format!("parsed, then validate() refused it: {e}")),
-                    Err(_) => Some("validate() panicked".to_owned()),
+                // What parses goes through the one compile pass, as at
+                // start-up: it may refuse, but must say why, and must not
+                // panic.
+                match catch_unwind(AssertUnwindSafe(|| {
+                    (cfg.validate(), impersonate_proxy::policy::check(&cfg))
+                })) {
+                    Ok((Ok(()), Ok(_))) => {
+                        ok += 1;
+                        None
+                    }
+                    Ok((Err(e), _)) => Some(format!("parsed, then validate() refused it: {e}")),
+                    Ok((Ok(()), Err(e))) => {
+                        refused += 1;
+                        unexplained(&e)
+                    }
+                    Err(_) => Some("policy::check panicked".to_owned()),
                 }
             }
             Ok(Err(e)) => {
@@ -411,13 +423,12 @@ fn config_parse_never_panics_and_explains_every_refusal() {
 #[test]
 fn a_route_limited_to_an_unknown_client_is_refused_naming_the_key() {
     let text = "[[client]]\nname = \"batch\"\ncidrs = [\"127.0.0.0/8\"]\n[[route]]\nname = \"r\"\nhosts = [\"*.googleapis.com\"]\naction = \"passthrough\"\nclients = [\"batch\"]\n";
-    Config::parse(Path::new("f.toml"), text).expect("a defined client may be named");
-    let err = Config::parse(
-        Path::new("f.toml"),
-        &text.replace("clients = [\"batch\"]", "clients = [\"nightly\"]"),
-    )
-    .expect_err("an undefined client is refused")
-    .to_string();
+    let compile =
+        |text: &str| impersonate_proxy::policy::check(&Config::parse(Path::new("f.toml"), text)?);
+    compile(text).expect("a defined client may be named");
+    let err = compile(&text.replace("clients = [\"batch\"]", "clients = [\"nightly\"]"))
+        .expect_err("an undefined client is refused")
+        .to_string();
     assert!(
         err.contains("route[0].clients") && err.contains("nightly"),
         "{err}"

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
+use impersonate_proxy::control::Registry;
 use impersonate_proxy::google::{CredentialError, Mint, Token, TokenRequest};
-use impersonate_proxy::routes::{compile_rules, Action, RouteTable};
-use impersonate_proxy::tokens::Registry;
+use impersonate_proxy::policy::compile_rules;
+use impersonate_proxy::policy::routes::{Action, RouteTable};
 use impersonate_proxy::Config;
 
 /// The request every case looks up (`miss` aside).

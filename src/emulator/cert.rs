@@ -44,7 +44,7 @@ pub(crate) fn server_tls(hosts: &[&str]) -> Result<ServerTls, String> {
         .map_err(|x| e("leaf certificate", &x))?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::net::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|x| e("TLS versions", &x))?
         .with_no_client_auth()

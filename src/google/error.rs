@@ -88,7 +88,7 @@ pub enum CredentialError {
     },
     /// The upstream client could not be built from `[upstream]`.
     #[error("{0}")]
-    Setup(#[from] crate::forward::UpstreamSetupError),
+    Setup(#[from] crate::net::UpstreamSetupError),
     /// The cached token for the target expired and no refresh succeeded.
     #[error("the token for {target} expired and could not be refreshed{}", expired_cause(.cause))]
     Expired {

@@ -11,7 +11,7 @@ use super::{
     bad_uri, google_error_message, jwt, resource_name, Answer, Backoff, CredentialError, Http,
     Token, TokenKind, TokenRequest,
 };
-use crate::forward::{full_body, ForwardError, ProxyBody};
+use crate::net::{full_body, ForwardError, ProxyBody};
 
 /// The IAM Credentials API base.
 pub(crate) const IAM_BASE: &str = "https://iamcredentials.googleapis.com/v1";
@@ -121,7 +121,7 @@ pub(crate) async fn generate(
                 .map_err(|e| bad_uri(&uri, e))
         })
         .await;
-    crate::metrics::global().iam_call(started.elapsed());
+    crate::ops::metrics::global().iam_call(started.elapsed());
     let answer = answer?;
     if !answer.status.is_success() {
         return Err(CredentialError::Iam {

@@ -38,7 +38,7 @@ use super::{
     CLOUD_PLATFORM, DEFAULT_LIFETIME,
 };
 use crate::config::{SourceConfig, SourceKind};
-use crate::forward::full_body;
+use crate::net::full_body;
 
 pub use adc::AdcEnv;
 pub(crate) use cache::{refresh_margin, SourceCache};
@@ -318,7 +318,7 @@ impl SourceCredential {
 fn form_request(
     uri: &str,
     form: &[(&str, &str)],
-) -> Result<Request<crate::forward::ProxyBody>, crate::forward::ForwardError> {
+) -> Result<Request<crate::net::ProxyBody>, crate::net::ForwardError> {
     Request::post(uri)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")

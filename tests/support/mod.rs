@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use impersonate_proxy::forward::{full_body, BoxError, ProxyBody};
+use impersonate_proxy::net::{full_body, BoxError, ProxyBody};
 use impersonate_proxy::{Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +58,7 @@ pub fn upstream_certs(dir: &Path, names: &[&str]) -> UpstreamCerts {
     std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let mut server =
-        rustls::ServerConfig::builder_with_provider(impersonate_proxy::tls::provider())
+        rustls::ServerConfig::builder_with_provider(impersonate_proxy::net::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -289,9 +289,14 @@ pub async fn start_proxy(cfg: Config, dir: PathBuf) -> TestProxy {
     let addr = proxy.local_addr();
     let admin = proxy.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(proxy.serve(async move {
-        let _ = rx.await;
-    }));
+    let done = tokio::spawn(async move {
+        proxy
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("the proxy starts serving")
+    });
     TestProxy {
         addr,
         admin,
@@ -340,12 +345,13 @@ pub async fn read_body(s: &mut TcpStream, head: &str) -> String {
 
 /// A TLS client config that trusts `ca_pem` and offers `alpn`.
 pub fn client_tls(ca_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let roots = impersonate_proxy::tls::root_store(&[ca_pem]).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(impersonate_proxy::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let roots = impersonate_proxy::net::tls::root_store(&[ca_pem]).unwrap();
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(impersonate_proxy::net::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }

@@ -52,7 +52,7 @@ impl SourceCache {
         }
         match self.credential.fetch(http).await {
             Ok(fresh) => {
-                crate::metrics::global().source_refreshed();
+                crate::ops::metrics::global().source_refreshed();
                 let left = fresh.expires_in();
                 cached.refresh_at = Some(now + left - refresh_margin(left));
                 cached.next_fetch = Some(now + min_refetch_interval(left));

@@ -1,25 +1,11 @@
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-
 use super::*;
-use crate::google::{CredentialError, Mint, Token};
-
-struct NeverMint;
-
-impl Mint for NeverMint {
-    fn mint<'a>(
-        &'a self,
-        _req: &'a TokenRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
-        Box::pin(async { panic!("routing tests never mint") })
-    }
-}
+use crate::config::Config;
+use crate::policy::{compile_rules, Unminted};
 
 fn table(toml: &str) -> RouteTable {
     let cfg = Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
     let specs = compile_rules(&cfg).unwrap();
-    RouteTable::build(&specs, &Registry::new(Arc::new(NeverMint)))
+    RouteTable::build(&specs, &Unminted)
 }
 
 fn name<'a>(t: &'a RouteTable, host: &str, method: &str, path: &str) -> Option<&'a str> {
@@ -116,9 +102,8 @@ impersonate = "projects/-/serviceAccounts/r@p.iam.gserviceaccount.com"
 #[test]
 fn bad_rules_name_the_route_and_the_key() {
     let bad = |toml: &str, needle: &str| {
-        let err = Config::parse(std::path::Path::new("t.toml"), toml)
-            .unwrap_err()
-            .to_string();
+        let cfg = Config::parse(std::path::Path::new("t.toml"), toml).unwrap();
+        let err = crate::policy::check(&cfg).unwrap_err().to_string();
         assert!(err.contains(needle), "{needle} not in: {err}");
     };
     bad(
@@ -205,7 +190,7 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
     for shift in [0, 13, 40, 77] {
         let mut specs = specs.clone();
         specs.rotate_left(shift);
-        let t = RouteTable::build(&specs, &Registry::new(Arc::new(NeverMint)));
+        let t = RouteTable::build(&specs, &Unminted);
         let linear = |host: &str, method: &Method, path: &str| {
             specs
                 .iter()

@@ -12,17 +12,24 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::forward::{full_body, ProxyBody};
-use crate::proxy::Shared;
-use crate::routes::Action;
-use crate::tokens::SlotStatus;
+use crate::control::ControlPlane;
+use crate::google::slot::SlotStatus;
+use crate::net::{full_body, ProxyBody};
+use crate::policy::routes::Action;
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Serves the admin endpoint until the task is aborted.
+pub(crate) async fn serve(control: Arc<ControlPlane>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let shared = shared.clone();
+        let shared = control.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
@@ -43,16 +50,16 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
-fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+fn handle(shared: &ControlPlane, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => readyz(shared),
         (&Method::GET, "/metrics") => {
-            let slots = shared.registry.slots().into_iter().map(|s| {
+            let slots = shared.registry().slots().into_iter().map(|s| {
                 let secs = s.expires_in().map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 (s.request().to_string(), secs)
             });
-            let body = crate::metrics::global().render(shared.ca.cached_hosts(), slots);
+            let body = crate::ops::metrics::global().render(slots);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -60,8 +67,8 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
             )
         }
         (&Method::POST, "/reload") => match shared.reload() {
-            Ok(msg) => text(StatusCode::OK, "text/plain", msg + "\n"),
-            Err(msg) => text(StatusCode::BAD_REQUEST, "text/plain", msg + "\n"),
+            Ok(done) => text(StatusCode::OK, "text/plain", format!("{done}\n")),
+            Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
         },
         _ => text(
             StatusCode::NOT_FOUND,
@@ -73,8 +80,8 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
 
 /// Ready when serving (not draining) and every warm route's slot holds a
 /// token; otherwise 503 naming the failing routes and why.
-fn readyz(shared: &Shared) -> Response<ProxyBody> {
-    if shared.shutdown.is_cancelled() {
+fn readyz(shared: &ControlPlane) -> Response<ProxyBody> {
+    if shared.is_draining() {
         let body = serde_json::json!({"ready": false, "reason": "shutting down"});
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -82,7 +89,7 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
             body.to_string(),
         );
     }
-    let policy = shared.policy.load();
+    let policy = shared.policy();
     let mut failing = Vec::new();
     for route in policy.routes.routes().iter().filter(|r| r.warm) {
         if let Action::Inject { slot, .. } = &route.action {

@@ -13,24 +13,21 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::audit::Record;
-use crate::clients::Refusal;
-use crate::forward::{ProxyBody, Upstream};
-use crate::idle::{ActiveIo, Activity, Expired, InFlight};
-use crate::proxy::Shared;
-use crate::request::{self, Origin, Target};
-use crate::{reply, tunnel};
-
-/// Holds one place under `limits.max_connections` for as long as the client
-/// connection or any tunnel opened from it lives.
-pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
+use crate::control::metadata::Metadata;
+use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
+use crate::ops::audit::{AuditAction, Record};
+use crate::ops::observe;
+use crate::policy::clients::{ClientId, Refusal};
+use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight};
+use crate::proxy::request::{self, Origin, Target};
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{reply, tunnel, ConnPermit, DataPlane};
 
 /// Accepts until `signal`; connections accepted here forward through
 /// `upstream` (the worker's own client and connection pool).
 pub(crate) async fn accept_loop(
-    shared: &Arc<Shared>,
+    shared: &Arc<DataPlane>,
     listener: TcpListener,
     upstream: Arc<Upstream>,
     signal: impl Future<Output = ()>,
@@ -67,13 +64,13 @@ pub(crate) async fn accept_loop(
 }
 
 async fn serve_client(
-    shared: Arc<Shared>,
+    shared: Arc<DataPlane>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: ConnPermit,
     upstream: Arc<Upstream>,
 ) {
-    let _open = crate::metrics::global().connection();
+    let _open = crate::ops::metrics::global().connection();
     let _ = stream.set_nodelay(true);
     let svc_shared = shared.clone();
     let activity = Activity::new();
@@ -113,14 +110,14 @@ async fn serve_client(
 }
 
 async fn dispatch(
-    shared: Arc<Shared>,
+    shared: Arc<DataPlane>,
     peer: SocketAddr,
     permit: ConnPermit,
     upstream: Arc<Upstream>,
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
-    let policy = shared.policy.load_full();
+    let policy = shared.control.policy_full();
     let client = match policy
         .clients
         .identify(peer.ip(), req.headers().get(header::PROXY_AUTHORIZATION))
@@ -128,7 +125,7 @@ async fn dispatch(
         Ok(c) => c,
         Err(refusal) => {
             let resp = proxy_auth_required(refusal);
-            audit_connection_level(&shared, peer, None, &req, &resp, "proxy_auth");
+            audit_connection_level(&shared, peer, None, &req, &resp, AuditAction::ProxyAuth);
             return resp;
         }
     };
@@ -159,17 +156,17 @@ async fn dispatch(
     let uri = req.uri();
     // HTTP_PROXY set as well as GCE_METADATA_HOST: the metadata request
     // arrives in absolute form, addressed to us.
-    let metadata = shared.metadata.as_ref().filter(|m| {
+    let metadata = shared.control.metadata().filter(|m| {
         uri.scheme() == Some(&Scheme::HTTP)
             && uri.authority().is_some_and(|a| m.is_our_host(a.as_str()))
     });
     if let Some(m) = metadata {
-        return crate::metadata::handle(&shared, m, peer, client, req, guard).await;
+        return serve_metadata(&shared, m, peer, client, req, guard).await;
     }
     match (uri.scheme(), uri.authority()) {
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
-            let port = a.port_u16().unwrap_or(80);
-            let host = crate::config::normalize_host(a.host());
+            let port = a.port_u16().unwrap_or_else(|| default_port(&Scheme::HTTP));
+            let host = normalize_host(a.host());
             if !policy.intercepts(&host) {
                 // Plain http to other hosts is never proxied, even with
                 // other = "tunnel": it would let a client reach internal
@@ -187,9 +184,9 @@ async fn dispatch(
             StatusCode::BAD_REQUEST,
             "absolute-form https:// requests are not proxied; clients must use CONNECT (set HTTPS_PROXY)",
         ),
-        (None, None) => match &shared.metadata {
+        (None, None) => match shared.control.metadata() {
             // Origin-form: what a client sends to GCE_METADATA_HOST.
-            Some(m) => crate::metadata::handle(&shared, m, peer, client, req, guard).await,
+            Some(m) => serve_metadata(&shared, m, peer, client, req, guard).await,
             None if req.headers().contains_key("metadata-flavor") => reply::error(
                 StatusCode::NOT_FOUND,
                 "this is impersonate-proxy; its metadata-server endpoint is off: set [metadata] enabled = true and service_account",
@@ -222,13 +219,36 @@ fn proxy_auth_required(refusal: Refusal) -> Response<ProxyBody> {
     resp
 }
 
+/// Serves an origin-form request on the listener as the metadata server,
+/// with its audit record.
+async fn serve_metadata(
+    shared: &DataPlane,
+    metadata: &Metadata,
+    peer: SocketAddr,
+    client: Option<ClientId>,
+    req: Request<Incoming>,
+    guard: InFlight,
+) -> Response<ProxyBody> {
+    let resp = metadata
+        .answer(shared.control.registry(), client.as_ref(), &req)
+        .await;
+    let host = request_authority(&req).unwrap_or_default();
+    let mut record = Record::new(peer, req.method(), &host.into(), req.uri());
+    record.client_name = client.map(|c| c.name);
+    record.action = AuditAction::Metadata;
+    record.acting_as = Some(metadata.principal());
+    record.status = resp.status().as_u16();
+    let audit = shared.audit.enabled().then(|| shared.audit.clone());
+    observe::finish(resp, guard, record, audit)
+}
+
 fn audit_connection_level(
-    shared: &Shared,
+    shared: &DataPlane,
     peer: SocketAddr,
     client: Option<Arc<str>>,
     req: &Request<Incoming>,
     resp: &Response<ProxyBody>,
-    action: &'static str,
+    action: AuditAction,
 ) {
     if !shared.audit.enabled() {
         return;

@@ -12,9 +12,8 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::audit::{AuditSink, Record};
-use crate::forward::{BoxError, ProxyBody};
-use crate::idle::InFlight;
+use crate::net::{BoxError, ProxyBody};
+use crate::ops::audit::{AuditSink, Record};
 
 /// The data bytes in a polled frame (0 for trailers, errors, pending).
 fn data_len<E>(r: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
@@ -59,12 +58,12 @@ impl Body for CountedIn {
     }
 }
 
-/// Wraps a response so that the connection counts it as in flight until
-/// its body is done; then the request is counted in the metrics and its
-/// audit record (if auditing is on) is written.
-pub(crate) fn finish(
+/// Wraps a response so that `guard` (the connection's in-flight mark) is
+/// held until its body is done; then the request is counted in the metrics
+/// and its audit record (if auditing is on) is written.
+pub(crate) fn finish<G: Send + Sync + Unpin + 'static>(
     resp: Response<ProxyBody>,
-    guard: InFlight,
+    guard: G,
     record: Record,
     audit: Option<AuditSink>,
 ) -> Response<ProxyBody> {
@@ -79,15 +78,15 @@ pub(crate) fn finish(
     })
 }
 
-struct Tracked {
+struct Tracked<G> {
     inner: ProxyBody,
     bytes_out: u64,
     record: Option<Record>,
     audit: Option<AuditSink>,
-    _guard: InFlight,
+    _guard: G,
 }
 
-impl Body for Tracked {
+impl<G: Unpin> Body for Tracked<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -110,11 +109,11 @@ impl Body for Tracked {
     }
 }
 
-impl Drop for Tracked {
+impl<G> Drop for Tracked<G> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             record.finish(self.bytes_out);
-            crate::metrics::global().request(
+            crate::ops::metrics::global().request(
                 record.route.as_ref(),
                 record.client_name.as_ref(),
                 record.status,

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -32,13 +32,8 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::forward::{error_chain, Connector, ForwardError, ProxyBody};
-
-/// An idle connection is closed after this long unused.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Idle connections kept per host and worker.
-const MAX_IDLE_PER_HOST: usize = 256;
+use crate::net::tune::{self, MAX_IDLE_PER_HOST, UPSTREAM_IDLE_TIMEOUT as IDLE_TIMEOUT};
+use crate::net::{error_chain, Connector, ForwardError, ProxyBody};
 
 type Key = (Scheme, Authority);
 
@@ -312,13 +307,10 @@ async fn connect(connector: &Connector, uri: &http::Uri) -> Result<Sender, Strin
     if io.connected().is_negotiated_h2() {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            // Fixed windows: an adaptive one starts at 64 KiB and throttles
-            // large responses while it learns; 4 MiB per stream (8 MiB per
-            // connection) bounds what one upstream connection can buffer.
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(8 << 20)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(tune::H2_STREAM_WINDOW)
+            .initial_connection_window_size(tune::H2_CONNECTION_WINDOW)
+            .keep_alive_interval(Some(tune::H2_KEEP_ALIVE_INTERVAL))
+            .keep_alive_timeout(tune::H2_KEEP_ALIVE_TIMEOUT)
             .handshake(io)
             .await
             .map_err(|e| error_chain(&e))?;

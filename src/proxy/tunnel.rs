@@ -16,21 +16,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::clients::ClientId;
-use crate::config::{normalize_host, OtherHosts};
-use crate::forward::{full_body, ProxyBody, Upstream};
-use crate::idle::{ActiveIo, Activity, Expired};
-use crate::listener::ConnPermit;
-use crate::proxy::{Policy, Shared};
-use crate::reply;
-use crate::request::{self, Origin, Target};
+use crate::config::OtherHosts;
+use crate::net::{full_body, is_dns_name, normalize_host, ProxyBody};
+use crate::ops::audit::AuditAction;
+use crate::policy::clients::ClientId;
+use crate::policy::Policy;
+use crate::proxy::idle::{ActiveIo, Activity, Expired};
+use crate::proxy::request::{self, Origin, Target};
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{reply, ConnPermit, DataPlane};
 
-/// Set on a CONNECT response that is not intercepted: the word for its
-/// audit record (`deny`, `refused`, `tunnel`).
+/// Set on a CONNECT response that is not intercepted: what its audit
+/// record says (deny, refused, tunnel).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnectOutcome(pub &'static str);
+pub(crate) struct ConnectOutcome(pub AuditAction);
 
-fn outcome(mut resp: Response<ProxyBody>, what: &'static str) -> Response<ProxyBody> {
+fn outcome(mut resp: Response<ProxyBody>, what: AuditAction) -> Response<ProxyBody> {
     resp.extensions_mut().insert(ConnectOutcome(what));
     resp
 }
@@ -38,7 +39,7 @@ fn outcome(mut resp: Response<ProxyBody>, what: &'static str) -> Response<ProxyB
 /// Answers a CONNECT and, on success, spawns the task that serves the
 /// tunnel once hyper hands over the connection.
 pub(crate) async fn connect(
-    shared: Arc<Shared>,
+    shared: Arc<DataPlane>,
     policy: &Policy,
     peer: SocketAddr,
     client: Option<ClientId>,
@@ -52,12 +53,12 @@ pub(crate) async fn connect(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     if policy.intercepts(&host) {
-        if !policy.intercept_ports.contains(&port) {
+        if !policy.egress.intercept_ports.contains(&port) {
             return reply::error(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "port {port} is not allowed for {host}; [intercept] ports = {:?}",
-                    policy.intercept_ports
+                    policy.egress.intercept_ports
                 ),
             );
         }
@@ -75,13 +76,16 @@ pub(crate) async fn connect(
         });
         return Response::new(full_body(""));
     }
-    if policy.other == OtherHosts::Deny {
-        return outcome(not_intercepted(&host), "deny");
+    if policy.egress.other == OtherHosts::Deny {
+        return outcome(not_intercepted(&host), AuditAction::Deny);
     }
     let upstream = match dial(&shared, policy, &host, port).await {
         Ok(s) => s,
         Err(Dial::Refused(msg)) => {
-            return outcome(reply::error(StatusCode::FORBIDDEN, &msg), "refused")
+            return outcome(
+                reply::error(StatusCode::FORBIDDEN, &msg),
+                AuditAction::Refused,
+            )
         }
         Err(Dial::Failed(e)) => {
             return outcome(
@@ -89,7 +93,7 @@ pub(crate) async fn connect(
                     StatusCode::BAD_GATEWAY,
                     &format!("cannot connect to {host}:{port}: {e}"),
                 ),
-                "tunnel",
+                AuditAction::Tunnel,
             )
         }
     };
@@ -101,7 +105,7 @@ pub(crate) async fn connect(
             Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
         }
     });
-    outcome(Response::new(full_body("")), "tunnel")
+    outcome(Response::new(full_body("")), AuditAction::Tunnel)
 }
 
 /// The 403 for a host that `[intercept] hosts` does not list while
@@ -161,12 +165,7 @@ pub(crate) fn parse_connect_target(raw: &str) -> Result<(String, u16), String> {
         return Err("CONNECT host is empty or longer than 253 bytes".into());
     }
     let is_ip = host.parse::<IpAddr>().is_ok();
-    let is_name = host.strip_suffix('.').unwrap_or(host).split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
+    let is_name = is_dns_name(host.strip_suffix('.').unwrap_or(host));
     if !is_ip && !is_name {
         return Err(format!(
             "CONNECT host `{}` is not a host name or an IP address",
@@ -181,14 +180,14 @@ fn shorten(s: &str) -> String {
 }
 
 async fn intercept(
-    shared: Arc<Shared>,
+    shared: Arc<DataPlane>,
     peer: SocketAddr,
     client_id: Option<ClientId>,
     target: Target,
     upstream: Arc<Upstream>,
     upgraded: Upgraded,
 ) {
-    let _open = crate::metrics::global().tunnel();
+    let _open = crate::ops::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
@@ -209,7 +208,7 @@ async fn intercept(
     // A mismatched SNI still gets a certificate for the name it asked for,
     // so that the client can read the 421 that explains the problem; a name
     // we do not intercept gets nothing.
-    if misdirected_sni.is_some() && !shared.policy.load().intercepts(name) {
+    if misdirected_sni.is_some() && !shared.control.policy().intercepts(name) {
         tracing::debug!(host = %target.host, sni = name, "SNI names a host that is not intercepted");
         return;
     }
@@ -301,24 +300,25 @@ enum Dial {
 /// `[upstream.resolve]` map as every other outbound connection. The policy
 /// is decided on the resolved addresses, and the connection goes to exactly
 /// those addresses, so DNS cannot smuggle in a private target.
-async fn dial(shared: &Shared, policy: &Policy, host: &str, port: u16) -> Result<TcpStream, Dial> {
+async fn dial(
+    shared: &DataPlane,
+    policy: &Policy,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, Dial> {
     let literal = host.parse::<IpAddr>().ok();
-    if literal.is_some() && !policy.allow_ip_literals {
+    let connect_timeout = shared.upstream.connect_timeout();
+    if literal.is_some() && !policy.egress.allow_ip_literals {
         return Err(Dial::Refused(format!(
             "CONNECT to the IP address {host} is refused; use a host name, or set [intercept] allow_ip_literals = true"
         )));
     }
-    let addrs: Vec<SocketAddr> = if let Some(addr) = shared.resolve.get(host) {
-        vec![*addr]
+    let addrs: Vec<SocketAddr> = if let Some(addr) = shared.upstream.resolved(host) {
+        vec![addr]
     } else if let Some(ip) = literal {
         vec![SocketAddr::new(ip, port)]
     } else {
-        match tokio::time::timeout(
-            shared.connect_timeout,
-            tokio::net::lookup_host((host, port)),
-        )
-        .await
-        {
+        match tokio::time::timeout(connect_timeout, tokio::net::lookup_host((host, port))).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => return Err(Dial::Failed(e)),
             Err(_) => {
@@ -329,14 +329,14 @@ async fn dial(shared: &Shared, policy: &Policy, host: &str, port: u16) -> Result
             }
         }
     };
-    if let Some(bad) = addrs.iter().find(|a| !egress_allowed(policy, a.ip())) {
+    if let Some(bad) = addrs.iter().find(|a| !policy.egress.allows(a.ip())) {
         return Err(Dial::Refused(format!(
             "{host} resolves to {}, a private, loopback or link-local address; tunnels to those are refused unless listed in [intercept] allow_private",
             bad.ip()
         )));
     }
     let connect = TcpStream::connect(&addrs[..]);
-    match tokio::time::timeout(shared.connect_timeout, connect).await {
+    match tokio::time::timeout(connect_timeout, connect).await {
         Ok(r) => r.map_err(Dial::Failed),
         Err(_) => Err(Dial::Failed(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -345,44 +345,8 @@ async fn dial(shared: &Shared, policy: &Policy, host: &str, port: u16) -> Result
     }
 }
 
-fn egress_allowed(policy: &Policy, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    !is_internal(ip) || policy.allow_private.iter().any(|n| n.contains(&ip))
-}
-
-/// Addresses a tunnel must not reach by default: loopback, private,
-/// link-local (169.254.0.0/16 holds the metadata server), shared (CGNAT),
-/// unspecified, multicast and reserved ranges.
-pub(crate) fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o[0] >= 240
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
-    let _open = crate::metrics::global().tunnel();
+    let _open = crate::ops::metrics::global().tunnel();
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
     let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());

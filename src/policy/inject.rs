@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::config::AuthorizationPolicy;
+use crate::google::slot::{Slot, Unavailable};
 use crate::google::CredentialError;
-use crate::routes::Action;
-use crate::tokens::{Slot, Unavailable};
+use crate::policy::routes::Action;
 
 /// The quota/billing project header Google APIs read.
 pub static X_GOOG_USER_PROJECT: HeaderName = HeaderName::from_static("x-goog-user-project");

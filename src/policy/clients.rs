@@ -13,7 +13,8 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use ring::digest::{digest, Digest, SHA256};
 
-use crate::config::{parse_cidr, Config};
+use crate::config::Config;
+use crate::net::{parse_cidr, unmap};
 
 /// A client entry could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +104,8 @@ impl Clients {
             let cidrs = c
                 .cidrs
                 .iter()
-                .filter_map(|s| parse_cidr("", s).ok())
+                // Checked by `policy::check` before the clients are loaded.
+                .filter_map(|s| parse_cidr(s).ok())
                 .collect();
             let basic = match &c.proxy_auth {
                 None => None,
@@ -141,7 +143,7 @@ impl Clients {
         let presented = proxy_authorization
             .and_then(basic_pair)
             .map(|p| digest(&SHA256, &p));
-        let peer = canonical(peer);
+        let peer = unmap(peer);
         for c in &self.clients {
             let addr_ok = c.cidrs.is_empty() || c.cidrs.iter().any(|n| n.contains(&peer));
             let auth_ok = match (&c.basic, &presented) {
@@ -158,14 +160,6 @@ impl Clients {
         } else {
             Err(Refusal::NoCredentials)
         }
-    }
-}
-
-/// IPv4-mapped IPv6 peers (dual-stack listeners) compare as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 

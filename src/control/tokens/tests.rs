@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::google::slot::{SlotStatus, Unavailable};
+use crate::google::Token;
 
 /// Mints `tok-N` valid for `lifetime`, or fails with IAM's 403 while
 /// `failing` is set.

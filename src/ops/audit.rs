@@ -19,6 +19,63 @@ use std::time::{Instant, SystemTime};
 
 use crate::config::AuditConfig;
 
+/// What the proxy did with a request, as written in its audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// Nothing was decided yet (the request was refused before routing).
+    None,
+    /// An access token was attached.
+    Impersonate,
+    /// An ID token was attached.
+    IdToken,
+    /// Forwarded untouched.
+    Passthrough,
+    /// Refused by a route, or a CONNECT to a host that is not intercepted.
+    Deny,
+    /// Answered by the metadata-server endpoint.
+    Metadata,
+    /// Refused with 407: no `[[client]]` matched.
+    ProxyAuth,
+    /// A CONNECT spliced blind to a host that is not intercepted.
+    Tunnel,
+    /// A tunnel refused by the egress policy.
+    Refused,
+}
+
+impl AuditAction {
+    /// The word in the audit line and in `check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::None => "none",
+            AuditAction::Impersonate => "impersonate",
+            AuditAction::IdToken => "id_token",
+            AuditAction::Passthrough => "passthrough",
+            AuditAction::Deny => "deny",
+            AuditAction::Metadata => "metadata",
+            AuditAction::ProxyAuth => "proxy_auth",
+            AuditAction::Tunnel => "tunnel",
+            AuditAction::Refused => "refused",
+        }
+    }
+}
+
+/// Whom a request acted as: what a token slot tells the audit record,
+/// without the token. Implemented by the token slots; a reference count,
+/// not a copy, rides on every record.
+pub trait Principal: Send + Sync {
+    /// The service account the token is for.
+    fn target_principal(&self) -> &str;
+    /// The delegate chain, in order.
+    fn delegates(&self) -> &[String];
+}
+
+impl std::fmt::Debug for dyn Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.target_principal())
+    }
+}
+
 /// How long a record may wait in the batch before it is written.
 const BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -143,10 +200,10 @@ pub(crate) struct Record {
     pub path: Option<http::uri::PathAndQuery>,
     /// `null` when no route matched.
     pub route: Option<Arc<str>>,
-    pub action: &'static str,
-    /// The token slot the request was served with: written as
-    /// `target_principal` and `delegates` (omitted when `None` / empty).
-    pub acting_as: Option<crate::tokens::Slot>,
+    pub action: AuditAction,
+    /// Whom the request acted as: written as `target_principal` and
+    /// `delegates` (omitted when `None` / empty).
+    pub acting_as: Option<Arc<dyn Principal>>,
     pub status: u16,
     /// Written as `duration_ms`, to the microsecond.
     pub duration: std::time::Duration,
@@ -173,7 +230,7 @@ impl Record {
             host: host.clone(),
             path: uri.path_and_query().cloned(),
             route: None,
-            action: "none",
+            action: AuditAction::None,
             acting_as: None,
             status: 0,
             duration: std::time::Duration::ZERO,
@@ -223,9 +280,8 @@ impl Record {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"action\":");
-        json_str(out, self.action);
-        if let Some(slot) = &self.acting_as {
-            let request = slot.request();
+        json_str(out, self.action.as_str());
+        if let Some(request) = &self.acting_as {
             out.extend_from_slice(b",\"target_principal\":");
             json_str(out, request.target_principal());
             if !request.delegates().is_empty() {
@@ -382,8 +438,17 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::google::TokenRequest;
-    use crate::tokens::Registry;
+
+    struct Acting(&'static str, Vec<String>);
+
+    impl Principal for Acting {
+        fn target_principal(&self) -> &str {
+            self.0
+        }
+        fn delegates(&self) -> &[String] {
+            &self.1
+        }
+    }
 
     fn record() -> Record {
         let uri: http::Uri = "/upload/storage/v1/b/my%22bucket/o?uploadType=media&access_token=x"
@@ -398,20 +463,14 @@ mod tests {
         r.time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_869_762_042);
         r.client_name = Some("ci \"runner\"\\\u{1}\n\u{e9}".into());
         r.route = Some("gcs".into());
-        r.action = "impersonate";
-        let registry = Registry::new(Arc::new(crate::proxy::NoSource("no source".into())));
-        let delegates = [
-            "a@p.iam.gserviceaccount.com".to_owned(),
-            "b@p.iam.gserviceaccount.com".to_owned(),
-        ];
-        let request = TokenRequest::access_token(
+        r.action = AuditAction::Impersonate;
+        r.acting_as = Some(Arc::new(Acting(
             "reader@p.iam.gserviceaccount.com",
-            &delegates,
-            &[],
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap();
-        r.acting_as = Some(registry.slot(request, false));
+            vec![
+                "a@p.iam.gserviceaccount.com".to_owned(),
+                "b@p.iam.gserviceaccount.com".to_owned(),
+            ],
+        )));
         r.status = 200;
         r.duration = std::time::Duration::from_micros(1_250);
         r.bytes_in = 7;

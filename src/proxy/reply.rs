@@ -5,7 +5,7 @@
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use crate::forward::{full_body, ProxyBody};
+use crate::net::{full_body, ProxyBody};
 
 /// The canonical gRPC/Google status name for an HTTP status we emit.
 fn status_name(code: StatusCode) -> &'static str {

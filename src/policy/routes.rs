@@ -9,20 +9,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderValue, Method};
 
-use crate::config::{
-    parse_duration, AuthorizationPolicy, Config, ConfigError, HostPattern, RouteActionConfig,
-    RouteConfig,
-};
+use crate::config::AuthorizationPolicy;
+use crate::google::slot::Slot;
 use crate::google::{TokenKind, TokenRequest};
-use crate::tokens::{Registry, Slot};
-
-/// IAM's ceiling for `lifetime` (where the org policy allows more than 1 h).
-const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+use crate::net::HostPattern;
+use crate::ops::audit::AuditAction;
+use crate::policy::SlotSource;
 
 /// What a matched route does with a request.
 #[derive(Debug)]
@@ -44,18 +39,23 @@ pub enum Action {
 }
 
 impl Action {
-    /// A short word for audit records and `check`.
-    pub fn kind(&self) -> &'static str {
+    /// What the audit record says the route did.
+    pub fn audit(&self) -> AuditAction {
         match self {
             Action::Inject { slot, .. }
                 if matches!(slot.request().kind(), TokenKind::Id { .. }) =>
             {
-                "id_token"
+                AuditAction::IdToken
             }
-            Action::Inject { .. } => "impersonate",
-            Action::Passthrough => "passthrough",
-            Action::Deny => "deny",
+            Action::Inject { .. } => AuditAction::Impersonate,
+            Action::Passthrough => AuditAction::Passthrough,
+            Action::Deny => AuditAction::Deny,
         }
+    }
+
+    /// A short word for audit records and `check`.
+    pub fn kind(&self) -> &'static str {
+        self.audit().as_str()
     }
 }
 
@@ -315,173 +315,10 @@ impl fmt::Display for RuleSpec {
     }
 }
 
-/// Validates every `[[route]]` and turns it into a [`RuleSpec`].
-pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
-    let clients: Vec<&str> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
-    let mut names = std::collections::HashSet::new();
-    cfg.routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let spec = compile_rule(i, r, &clients)?;
-            if !names.insert(spec.name.clone()) {
-                return Err(ConfigError::invalid(
-                    format!("route[{i}].name"),
-                    format!(
-                        "`{}` is used by an earlier route; names must be unique",
-                        spec.name
-                    ),
-                ));
-            }
-            Ok(spec)
-        })
-        .collect()
-}
-
-fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec, ConfigError> {
-    let key = |field: &str| format!("route[{i}].{field} (route \"{}\")", r.name);
-    if r.name.trim().is_empty() {
-        return Err(ConfigError::invalid(
-            format!("route[{i}].name"),
-            "must not be empty",
-        ));
-    }
-    if r.hosts.is_empty() {
-        return Err(ConfigError::invalid(
-            key("hosts"),
-            "is empty; list exact hosts or \"*.suffix\" patterns",
-        ));
-    }
-    let hosts = r
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(j, h)| HostPattern::parse(&key(&format!("hosts[{j}]")), h))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(p) = &r.path_prefix {
-        if !p.starts_with('/') || p.contains('?') {
-            return Err(ConfigError::invalid(
-                key("path_prefix"),
-                format!("`{p}` must start with `/` and hold no query"),
-            ));
-        }
-    }
-    let methods = r
-        .methods
-        .iter()
-        .map(|m| {
-            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                ConfigError::invalid(key("methods"), format!("`{m}` is not an HTTP method"))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut client_indices = Vec::with_capacity(r.clients.len());
-    for c in &r.clients {
-        match clients.iter().position(|known| known == c) {
-            Some(i) => client_indices.push(u32::try_from(i).expect("fewer than 2^32 clients")),
-            None => {
-                return Err(ConfigError::invalid(
-                    key("clients"),
-                    format!("no [[client]] named `{c}` is defined"),
-                ))
-            }
-        }
-    }
-    let chosen = [
-        r.impersonate.is_some(),
-        r.id_token.is_some(),
-        r.action.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if chosen != 1 {
-        return Err(ConfigError::invalid(
-            key("action"),
-            "set exactly one of `impersonate = \"SA\"`, `id_token = { audience, impersonate }` or `action = \"deny\" | \"passthrough\"`",
-        ));
-    }
-    let credential_keys = !r.delegates.is_empty()
-        || !r.scopes.is_empty()
-        || r.lifetime.is_some()
-        || r.quota_project.is_some()
-        || r.warm;
-    let action = if let Some(target) = &r.impersonate {
-        let lifetime = match &r.lifetime {
-            None => DEFAULT_LIFETIME,
-            Some(s) => {
-                let d = parse_duration(s).map_err(|m| ConfigError::invalid(key("lifetime"), m))?;
-                if d > MAX_LIFETIME || d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
-                    return Err(ConfigError::invalid(
-                        key("lifetime"),
-                        format!("`{s}` must be whole seconds between 1s and 43200s (IAM allows more than 3600s only where the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension permits)"),
-                    ));
-                }
-                d
-            }
-        };
-        let request = TokenRequest::access_token(target, &r.delegates, &r.scopes, lifetime)
-            .map_err(|e| ConfigError::invalid(key("impersonate"), e.to_string()))?;
-        ActionSpec::Inject {
-            request,
-            authorization: r.authorization,
-            quota_project: r.quota_project.clone(),
-            warm: r.warm,
-        }
-    } else if let Some(id) = &r.id_token {
-        if !r.scopes.is_empty() || r.lifetime.is_some() || !r.delegates.is_empty() {
-            return Err(ConfigError::invalid(
-                key("id_token"),
-                "an ID token route takes its delegates inside id_token = { … }; scopes and lifetime do not apply",
-            ));
-        }
-        let request = TokenRequest::id_token(&id.impersonate, &id.delegates, &id.audience)
-            .map_err(|e| ConfigError::invalid(key("id_token"), e.to_string()))?;
-        ActionSpec::Inject {
-            request,
-            authorization: r.authorization,
-            quota_project: r.quota_project.clone(),
-            warm: r.warm,
-        }
-    } else {
-        if credential_keys {
-            return Err(ConfigError::invalid(
-                key("action"),
-                "delegates, scopes, lifetime, quota_project and warm only apply to impersonate / id_token routes",
-            ));
-        }
-        match r.action {
-            Some(RouteActionConfig::Deny) => ActionSpec::Deny,
-            _ => ActionSpec::Passthrough,
-        }
-    };
-    if let ActionSpec::Inject {
-        quota_project: Some(q),
-        ..
-    } = &action
-    {
-        if HeaderValue::from_str(q).is_err() || q.is_empty() {
-            return Err(ConfigError::invalid(
-                key("quota_project"),
-                format!("`{q}` is not a project ID"),
-            ));
-        }
-    }
-    Ok(RuleSpec {
-        name: r.name.clone(),
-        hosts,
-        path_prefix: r.path_prefix.clone(),
-        methods,
-        clients: r.clients.clone(),
-        client_indices,
-        action,
-    })
-}
-
 impl RouteTable {
-    /// Builds the table; each injecting route gets its slot from the
-    /// registry (routes asking for the same token share one).
-    pub fn build(specs: &[RuleSpec], registry: &Registry) -> RouteTable {
+    /// Builds the table; each injecting route gets its slot from `slots`
+    /// (routes asking for the same token share one).
+    pub fn build(specs: &[RuleSpec], slots: &dyn SlotSource) -> RouteTable {
         let mut routes = Vec::with_capacity(specs.len());
         let mut exact = HostMap::default();
         let mut suffix = HostMap::default();
@@ -512,7 +349,7 @@ impl RouteTable {
                     quota_project,
                     warm,
                 } => Action::Inject {
-                    slot: registry.slot(request.clone(), *warm),
+                    slot: slots.slot(request.clone(), *warm),
                     authorization: *authorization,
                     quota_project: quota_project
                         .as_deref()

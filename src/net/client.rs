@@ -1,7 +1,9 @@
-//! The upstream client for every outbound request the proxy makes, with
-//! the `[upstream.resolve]` map and `extra_ca` roots: a pooled hyper
-//! client for the proxy's own calls (token endpoints, IAM), and the
-//! connectors that forwarded requests use through `crate::sticky`.
+//! The outbound client: every connection the proxy makes goes through
+//! the `[upstream.resolve]` map and trusts the web PKI plus `extra_ca`.
+//! Built once per process and shared: a pooled hyper client for the
+//! proxy's own calls (token endpoints, IAM, STS), the connectors that
+//! forwarded requests use (`proxy::upstream`), and the resolve map that
+//! spliced tunnels dial through.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,10 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
@@ -22,27 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{normalize_host, UpstreamConfig, UpstreamProtocol};
-use crate::sticky::{IdleList, Sticky};
-
-/// Any error a body can fail with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of every request the proxy sends and every response it
-/// writes: a streamed client body, or a small buffered one.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// Wraps a streamed hyper body.
-pub fn stream_body(body: Incoming) -> ProxyBody {
-    body.map_err(BoxError::from).boxed()
-}
-
-/// A small in-memory body.
-pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::net::{normalize_host, tune, ProxyBody};
 
 /// An upstream request that failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
@@ -84,47 +64,57 @@ impl ForwardError {
 /// The upstream could not be set up from the config.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream.extra_ca: {0}")]
-pub struct UpstreamSetupError(#[from] crate::tls::PemError);
+pub struct UpstreamSetupError(#[from] crate::net::tls::PemError);
 
 pub(crate) type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
 
-/// The upstream client. Cheap to clone (a clone shares its connections).
-#[derive(Clone)]
-pub struct Upstream {
+/// The outbound client, one per process, shared by the control plane
+/// (its own calls) and the data plane (forwarding connectors, tunnels).
+pub struct Outbound {
     /// Pooled, `h2` and `http/1.1` by ALPN: the proxy's own calls (token
-    /// endpoints, IAM).
-    any: Client<Connector, ProxyBody>,
+    /// endpoints, IAM). Its connections are driven by the runtime that
+    /// sends on it: the control plane's.
+    pooled: Client<Connector, ProxyBody>,
     /// Offers `h2` and `http/1.1`: forwarding for HTTP/2 clients (and all
-    /// clients with `protocol = "prefer_h2"`), see `crate::sticky`.
+    /// clients with `protocol = "prefer_h2"`).
     any_connector: Connector,
     /// Offers `http/1.1` only: forwarding for HTTP/1.1 clients.
     http1_connector: Connector,
-    /// Forwarding connections kept for reuse.
-    idle: IdleList,
+    resolve: Arc<BTreeMap<String, SocketAddr>>,
     protocol: UpstreamProtocol,
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
-impl std::fmt::Debug for Upstream {
+impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
+        f.debug_struct("Outbound")
             .field("protocol", &self.protocol)
             .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl Upstream {
+impl Outbound {
     /// Builds the client: roots are the web PKI plus `extra_ca`; host names
     /// in `resolve` go to their configured address, others to DNS.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
-        let roots = crate::tls::root_store(&cfg.extra_ca)?;
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    pub fn new(cfg: &UpstreamConfig) -> Result<Outbound, UpstreamSetupError> {
+        let roots = crate::net::tls::root_store(&cfg.extra_ca)?;
+        let tls = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(ResolveMap::new(&cfg.resolve));
+        let resolve: Arc<BTreeMap<String, SocketAddr>> = Arc::new(
+            cfg.resolve
+                .iter()
+                .map(|(k, v)| (normalize_host(k), *v))
+                .collect(),
+        );
+        let mut http = HttpConnector::new_with_resolver(ResolveMap {
+            map: resolve.clone(),
+            dns: GaiResolver::new(),
+        });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -138,53 +128,41 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Ok(Upstream {
-            any: pooled(any.clone()),
+        Ok(Outbound {
+            pooled: pooled(any.clone()),
             any_connector: any,
             http1_connector: http1,
-            idle: IdleList::default(),
+            resolve,
             protocol: cfg.protocol,
+            connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
         })
     }
 
-    /// The same client with forwarding connections of its own (a clone
-    /// shares them): each worker thread gets one, so that the thread that
-    /// drives an upstream connection is the one that sends on it.
-    pub fn with_own_pool(&self) -> Upstream {
-        Upstream {
-            idle: IdleList::default(),
-            ..self.clone()
-        }
-    }
-
-    /// Forwards a client's request over the client connection's own
-    /// upstream connection (`sticky`): in the client's HTTP version, or
-    /// HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
-    pub(crate) async fn forward(
-        &self,
-        req: Request<ProxyBody>,
-        client_version: Version,
-        sticky: &Sticky,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let h2 = self.protocol == UpstreamProtocol::PreferH2 || client_version >= Version::HTTP_2;
-        let connector = if h2 {
-            &self.any_connector
+    /// The connector for a forwarded request: one that offers `h2` (for
+    /// HTTP/2 clients, or every client with `protocol = "prefer_h2"`), or
+    /// `http/1.1` only. Returns whether it offers `h2`.
+    pub(crate) fn connector(&self, client_is_h2: bool) -> (&Connector, bool) {
+        if self.protocol == UpstreamProtocol::PreferH2 || client_is_h2 {
+            (&self.any_connector, true)
         } else {
-            &self.http1_connector
-        };
-        match tokio::time::timeout(self.response_timeout, sticky.send(connector, h2, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(ForwardError::Timeout {
-                host: sticky.host(),
-                after: self.response_timeout,
-            }),
+            (&self.http1_connector, false)
         }
     }
 
-    /// The forwarding connections kept for reuse.
-    pub(crate) fn idle(&self) -> &IdleList {
-        &self.idle
+    /// The `[upstream.resolve]` address of `host` (normalized), if any.
+    pub fn resolved(&self, host: &str) -> Option<SocketAddr> {
+        self.resolve.get(host).copied()
+    }
+
+    /// `[upstream] connect_timeout`.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// `[upstream] response_timeout`.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// Sends one of the proxy's own requests (token endpoint, IAM). The URI
@@ -199,7 +177,7 @@ impl Upstream {
                 .map(|a| a.host().to_owned())
                 .unwrap_or_default()
         };
-        match tokio::time::timeout(self.response_timeout, self.any.request(req)).await {
+        match tokio::time::timeout(self.response_timeout, self.pooled.request(req)).await {
             Err(_) => Err(ForwardError::Timeout {
                 host: host_on_error(),
                 after: self.response_timeout,
@@ -227,13 +205,10 @@ fn pooled(connector: Connector) -> Client<Connector, ProxyBody> {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        // Fixed windows: an adaptive one starts at 64 KiB and throttles
-        // large responses while it learns; 4 MiB per stream (8 MiB per
-        // connection) bounds what one upstream connection can buffer.
-        .http2_initial_stream_window_size(4 << 20)
-        .http2_initial_connection_window_size(8 << 20)
+        .pool_idle_timeout(tune::UPSTREAM_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(tune::MAX_IDLE_PER_HOST)
+        .http2_initial_stream_window_size(tune::H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(tune::H2_CONNECTION_WINDOW)
         .build(connector)
 }
 
@@ -258,16 +233,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) struct ResolveMap {
     map: Arc<BTreeMap<String, SocketAddr>>,
     dns: GaiResolver,
-}
-
-impl ResolveMap {
-    fn new(map: &BTreeMap<String, SocketAddr>) -> Self {
-        let map = map.iter().map(|(k, v)| (normalize_host(k), *v)).collect();
-        ResolveMap {
-            map: Arc::new(map),
-            dns: GaiResolver::new(),
-        }
-    }
 }
 
 type Addrs = std::vec::IntoIter<SocketAddr>;

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,16 +19,14 @@ use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::audit::Record;
-use crate::clients::ClientId;
 use crate::config::{ConfigError, MetadataConfig, MetadataTokens};
-use crate::forward::{full_body, ProxyBody};
+use crate::control::Registry;
+use crate::google::slot::Slot;
 use crate::google::{TokenRequest, CLOUD_PLATFORM, DEFAULT_LIFETIME};
-use crate::idle::InFlight;
-use crate::inject::PLACEHOLDER_PREFIX;
-use crate::observe;
-use crate::proxy::Shared;
-use crate::tokens::{Registry, Slot};
+use crate::net::{full_body, request_authority, unmap, ProxyBody};
+use crate::ops::audit::Principal;
+use crate::policy::clients::ClientId;
+use crate::policy::inject::PLACEHOLDER_PREFIX;
 
 /// The names a metadata client addresses (besides the listener address).
 const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "169.254.169.254"];
@@ -111,8 +109,8 @@ impl Metadata {
         if port.unwrap_or(80) != self.listen.port() {
             return false;
         }
-        let bound = self.listen.ip();
-        match name.parse::<IpAddr>() {
+        let bound = unmap(self.listen.ip());
+        match name.parse::<IpAddr>().map(unmap) {
             Ok(ip) => {
                 ip == bound || bound.is_unspecified() || (bound.is_loopback() && ip.is_loopback())
             }
@@ -120,24 +118,20 @@ impl Metadata {
         }
     }
 
+    /// Whom the endpoint's default token acts as, for audit records.
+    pub fn principal(&self) -> Arc<dyn Principal> {
+        self.default_slot.principal()
+    }
+
     /// Answers one metadata request.
-    async fn answer(
+    pub async fn answer(
         &self,
         registry: &Registry,
         client: Option<&ClientId>,
         req: &Request<Incoming>,
     ) -> Response<ProxyBody> {
         let headers = req.headers();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-            });
+        let host = request_authority(req).unwrap_or_default();
         if !self.is_our_host(host) {
             return text(
                 StatusCode::FORBIDDEN,
@@ -372,33 +366,6 @@ fn too_many() -> Response<ProxyBody> {
     )
 }
 
-/// Serves an origin-form request on the listener as the metadata server,
-/// with its audit record.
-pub(crate) async fn handle(
-    shared: &Shared,
-    metadata: &Metadata,
-    peer: SocketAddr,
-    client: Option<ClientId>,
-    req: Request<Incoming>,
-    guard: InFlight,
-) -> Response<ProxyBody> {
-    let resp = metadata
-        .answer(&shared.registry, client.as_ref(), &req)
-        .await;
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let mut record = Record::new(peer, req.method(), &host.into(), req.uri());
-    record.client_name = client.map(|c| c.name);
-    record.action = "metadata";
-    record.acting_as = Some(metadata.default_slot.clone());
-    record.status = resp.status().as_u16();
-    let audit = shared.audit.enabled().then(|| shared.audit.clone());
-    observe::finish(resp, guard, record, audit)
-}
-
 /// A fresh placeholder: unique, and recognisable by its prefix.
 fn placeholder() -> String {
     use ring::rand::SecureRandom;
@@ -517,6 +484,6 @@ mod tests {
         let (a, b) = (placeholder(), placeholder());
         assert_ne!(a, b);
         let h = HeaderValue::from_str(&format!("Bearer {a}")).unwrap();
-        assert!(crate::inject::is_placeholder(&h));
+        assert!(crate::policy::inject::is_placeholder(&h));
     }
 }

@@ -11,18 +11,18 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::audit::Record;
-use crate::clients::ClientId;
-use crate::config::{normalize_host, AuthorizationPolicy};
-use crate::forward::{stream_body, ProxyBody};
+use crate::config::AuthorizationPolicy;
+use crate::google::slot::Slot;
 use crate::google::CredentialError;
-use crate::idle::InFlight;
-use crate::inject::{self, Outcome};
-use crate::observe::{self, CountedIn};
-use crate::proxy::Shared;
-use crate::reply;
-use crate::routes::Action;
-use crate::tokens::Slot;
+use crate::net::{default_port, normalize_host, request_authority, stream_body, ProxyBody};
+use crate::ops::audit::Record;
+use crate::ops::observe::{self, CountedIn};
+use crate::policy::clients::ClientId;
+use crate::policy::inject::{self, Outcome};
+use crate::policy::routes::Action;
+use crate::proxy::idle::InFlight;
+use crate::proxy::upstream::{Sticky, Upstream};
+use crate::proxy::{reply, DataPlane};
 
 /// Where a request is going: fixed by the CONNECT authority (or the
 /// absolute-form URI), never by a header the client can change later.
@@ -43,7 +43,7 @@ impl Target {
     /// Builds a target from a host and port that were already validated.
     pub fn new(scheme: Scheme, host: &str, port: u16) -> Result<Target, String> {
         let host = normalize_host(host);
-        let default = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let default = default_port(&scheme);
         let text = match (port == default, host.contains(':')) {
             (true, false) => host.clone(),
             (true, true) => format!("[{host}]"),
@@ -59,14 +59,6 @@ impl Target {
             port,
             authority,
         })
-    }
-
-    fn default_port(&self) -> u16 {
-        if self.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        }
     }
 
     /// Whether an authority the client sent (`Host` or `:authority`) names
@@ -94,7 +86,7 @@ impl Target {
             }
         };
         let port = match port {
-            None => self.default_port(),
+            None => default_port(&self.scheme),
             Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
                 match p.parse::<u16>() {
                     Ok(n) => n,
@@ -112,9 +104,9 @@ impl Target {
 #[derive(Debug)]
 pub(crate) struct Origin {
     /// The upstream client of the worker serving the connection.
-    pub upstream: Arc<crate::forward::Upstream>,
+    pub upstream: Arc<Upstream>,
     /// The upstream HTTP/1.1 connection this client connection keeps.
-    pub sticky: crate::sticky::Sticky,
+    pub sticky: Sticky,
     /// The client's address.
     pub client: SocketAddr,
     /// The `[[client]]` it was attributed to, if clients are configured.
@@ -128,13 +120,13 @@ pub(crate) struct Origin {
 
 impl Origin {
     pub fn new(
-        upstream: Arc<crate::forward::Upstream>,
+        upstream: Arc<Upstream>,
         client: SocketAddr,
         client_id: Option<ClientId>,
         target: Target,
         misdirected_sni: Option<String>,
     ) -> Origin {
-        let sticky = crate::sticky::Sticky::new(
+        let sticky = Sticky::new(
             upstream.idle(),
             target.scheme.clone(),
             target.authority.clone(),
@@ -153,7 +145,7 @@ impl Origin {
 /// Serves one request and attaches its audit record and in-flight guard to
 /// the response body.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<DataPlane>,
     origin: Arc<Origin>,
     req: Request<Incoming>,
     guard: InFlight,
@@ -181,7 +173,7 @@ enum Decision {
 
 /// Parsed → Routed → Injected → Forwarded.
 async fn route_and_forward(
-    shared: &Shared,
+    shared: &DataPlane,
     origin: &Origin,
     req: Request<Incoming>,
     record: &mut Record,
@@ -198,12 +190,7 @@ async fn route_and_forward(
             ),
         );
     }
-    let sent = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    match sent {
+    match request_authority(&req) {
         Some(sent) if target.agrees_with(sent) => {}
         Some(sent) => {
             return reply::error_for(
@@ -235,7 +222,7 @@ async fn route_and_forward(
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     let decision = {
-        let policy = shared.policy.load();
+        let policy = shared.control.policy();
         let client = origin.client_id.as_ref().map(|c| c.index);
         let Some(route) =
             policy
@@ -254,9 +241,9 @@ async fn route_and_forward(
             );
         };
         record.route = Some(route.name.clone());
-        record.action = route.action.kind();
+        record.action = route.action.audit();
         if let Action::Inject { slot, .. } = &route.action {
-            record.acting_as = Some(slot.clone());
+            record.acting_as = Some(slot.principal());
         }
         if target.scheme == Scheme::HTTP && matches!(route.action, Action::Inject { .. }) {
             Decision::Refuse(reply::error_for(

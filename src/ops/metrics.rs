@@ -56,6 +56,11 @@ struct MintLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SlotLabel {
     slot: String,
 }
@@ -73,7 +78,7 @@ pub(crate) struct Metrics {
     expires_in: Family<SlotLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     source_refreshes: Counter,
     iam_latency: Histogram,
-    reloads: Family<MintLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -201,9 +206,11 @@ impl Metrics {
         GaugeGuard::new(&self.tunnels)
     }
 
-    /// A leaf certificate was minted.
-    pub fn cert_minted(&self) {
+    /// A leaf certificate was minted; `cached` hosts now have one.
+    pub fn cert_minted(&self, cached: usize) {
         self.certs_minted.inc();
+        self.cert_cache
+            .set(i64::try_from(cached).unwrap_or(i64::MAX));
     }
 
     /// A slot's mint finished: `Ok` or the failure reason.
@@ -229,18 +236,15 @@ impl Metrics {
     /// A reload finished.
     pub fn reload(&self, ok: bool) {
         self.reloads
-            .get_or_create(&MintLabels {
-                slot: String::new(),
-                result: if ok { "ok" } else { "error" }.to_owned(),
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" },
             })
             .inc();
     }
 
     /// The Prometheus text exposition, after setting the gauges that are
-    /// read from state (`cert_cache`, each slot's seconds to expiry).
-    pub fn render(&self, cert_cache: usize, slots: impl Iterator<Item = (String, f64)>) -> String {
-        self.cert_cache
-            .set(i64::try_from(cert_cache).unwrap_or(i64::MAX));
+    /// read from state (each slot's seconds to expiry).
+    pub fn render(&self, slots: impl Iterator<Item = (String, f64)>) -> String {
         for (slot, secs) in slots {
             self.expires_in.get_or_create(&SlotLabel { slot }).set(secs);
         }

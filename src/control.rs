@@ -1,0 +1,134 @@
+//! The control plane: the policy in force and its reloads, the token
+//! slots and their refreshers (every Google call), the metadata-server
+//! answers, and the admin endpoint. It runs on the runtime it was started
+//! on (the caller's), never on a worker thread: a worker that asks for a
+//! slot gets one whose refresher runs here.
+
+mod admin;
+pub(crate) mod metadata;
+mod reload;
+pub mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::google::{AdcEnv, CredentialError, Mint, Minter, Token, TokenRequest};
+use crate::net::Outbound;
+use crate::policy::{CompileError, Policy};
+
+pub(crate) use admin::serve as serve_admin;
+pub use reload::{ReloadError, Reloaded};
+pub use tokens::Registry;
+
+use metadata::Metadata;
+
+/// The control plane of a running proxy; the data plane holds a handle.
+pub(crate) struct ControlPlane {
+    policy: ArcSwap<Policy>,
+    /// Owns the token slots and their refresher tasks; the metadata
+    /// endpoint asks it for slots on demand.
+    registry: Registry,
+    /// The metadata-server endpoint, when `[metadata] enabled` (a restart
+    /// applies changes to it, a reload does not).
+    metadata: Option<Metadata>,
+    /// The config as started, to tell what a reload cannot change.
+    started: Config,
+    /// Where `reload` reads the config from.
+    config_path: Mutex<Option<PathBuf>>,
+    /// Cancelled when the proxy starts draining: `/readyz` answers 503.
+    draining: CancellationToken,
+}
+
+impl ControlPlane {
+    /// Compiles the policy of `cfg` and makes its token slots. Call it on
+    /// the runtime that is to run the refreshers. `listen` is the proxy
+    /// listener's address (the metadata endpoint answers for it).
+    pub fn start(
+        cfg: &Config,
+        upstream: Arc<Outbound>,
+        listen: SocketAddr,
+    ) -> Result<ControlPlane, CompileError> {
+        let registry = registry_for(cfg, upstream);
+        let policy = Policy::compile(cfg, &registry)?;
+        let metadata = Metadata::new(&cfg.metadata, &registry, listen)?;
+        Ok(ControlPlane {
+            policy: ArcSwap::from_pointee(policy),
+            registry,
+            metadata,
+            started: cfg.clone(),
+            config_path: Mutex::new(None),
+            draining: CancellationToken::new(),
+        })
+    }
+
+    /// The policy in force, for the moment of one decision (a snapshot: a
+    /// reload does not change it). Lock-free and cheaper than
+    /// [`Self::policy_full`]; do not hold it across an await.
+    #[inline]
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// The policy in force, owned: for holding across awaits.
+    pub fn policy_full(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The metadata-server endpoint, if enabled.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The token registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Makes `reload` re-read this file.
+    pub fn set_config_path(&self, path: PathBuf) {
+        *self.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    /// From now on `/readyz` says the proxy is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.cancel();
+    }
+
+    /// Whether the proxy is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+}
+
+/// The token registry for `[source]`. A source that cannot be loaded (no
+/// ADC on this machine, a missing key file) does not stop the proxy: routes
+/// that need a token answer 503 with the cause, the others keep working.
+fn registry_for(cfg: &Config, upstream: Arc<Outbound>) -> Registry {
+    match Minter::with_upstream(cfg, &AdcEnv::from_process(), upstream) {
+        Ok(minter) => Registry::new(Arc::new(minter)),
+        Err(e) => {
+            tracing::warn!(error = %e, "source credential unavailable; routes that impersonate will answer 503 until it is fixed and the proxy restarted");
+            Registry::new(Arc::new(NoSource(e.to_string())))
+        }
+    }
+}
+
+/// A minter whose source credential could not be loaded.
+struct NoSource(String);
+
+impl Mint for NoSource {
+    fn mint<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        let message = self.0.clone();
+        Box::pin(async move { Err(CredentialError::SourceUnavailable { message }) })
+    }
+}

@@ -1,0 +1,194 @@
+//! The token registry: one slot per distinct token request (the cell is
+//! `google::slot`), and the one refresher task per slot that keeps it
+//! filled (first mint on first use, proactive refresh, jittered retry).
+//! Refreshers run on the control plane's runtime, whichever thread asks
+//! for a slot.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::google::slot::{Ready, Slot};
+use crate::google::{Backoff, CredentialError, Mint, TokenRequest};
+use crate::policy::SlotSource;
+
+/// First delay before a failed mint is tried again; it doubles (with
+/// jitter) up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When to refresh a token that is valid for `left`: 5 minutes before
+/// expiry, or at 75% of a short lifetime, minus up to a fifth more of that
+/// margin of jitter so slots minted together do not refresh together.
+pub(crate) fn refresh_delay(left: Duration) -> Duration {
+    let margin = crate::google::source::refresh_margin(left);
+    let margin = margin + margin.mul_f64(fastrand::f64() * 0.2);
+    let floor = (left / 2).min(Duration::from_secs(1));
+    left.saturating_sub(margin).max(floor)
+}
+
+async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
+    slot.first_use().await;
+    let target = slot.request().target_principal().to_owned();
+    let label = slot.request().to_string();
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    let mut current: Option<Ready> = None;
+    let mut last_error: Option<Arc<CredentialError>> = None;
+    let mut ever_minted = false;
+    let expire = |last_error: &Option<Arc<CredentialError>>| {
+        slot.store_expired(Arc::new(CredentialError::Expired {
+            target: target.clone(),
+            cause: last_error.clone(),
+        }));
+    };
+    loop {
+        let mint = minter.mint(slot.request());
+        let result = match current.as_ref().map(|r| r.token().expires_at()) {
+            Some(hard_expiry) => {
+                tokio::pin!(mint);
+                tokio::select! {
+                    r = &mut mint => r,
+                    () = sleep_until(hard_expiry) => {
+                        current = None;
+                        expire(&last_error);
+                        mint.await
+                    }
+                }
+            }
+            None => mint.await,
+        };
+        let result = result.and_then(Ready::new);
+        crate::ops::metrics::global()
+            .token_mint(&label, result.as_ref().map(|_| ()).map_err(|e| e.reason()));
+        match result {
+            Ok(ready) => {
+                let delay = refresh_delay(ready.token().expires_in());
+                tracing::info!(target_principal = %target, token = %ready.token(), "token minted");
+                slot.store_fresh(ready.clone());
+                current = Some(ready.clone());
+                ever_minted = true;
+                last_error = None;
+                backoff.reset();
+                sleep(delay).await;
+                slot.store_refreshing(ready, None);
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                // Warn when the cause changes; a retry that fails the same
+                // way again is only worth a debug line.
+                let repeat = last_error
+                    .as_ref()
+                    .is_some_and(|prev| prev.to_string() == e.to_string());
+                if repeat {
+                    tracing::debug!(target_principal = %target, error = %e, "token mint failed again");
+                } else {
+                    tracing::warn!(target_principal = %target, error = %e, "token mint failed");
+                }
+                last_error = Some(e.clone());
+                let retry_at = Instant::now() + backoff.next_delay();
+                match current.clone() {
+                    Some(ready) if ready.token().expires_at() > Instant::now() => {
+                        let hard_expiry = ready.token().expires_at();
+                        slot.store_refreshing(ready, Some(e));
+                        if hard_expiry < retry_at {
+                            sleep_until(hard_expiry).await;
+                            current = None;
+                            expire(&last_error);
+                        }
+                    }
+                    // Once a token has been served, its absence is reported
+                    // as an expiry (with the cause), not as a bare failure.
+                    Some(_) => {
+                        current = None;
+                        expire(&last_error);
+                    }
+                    None if ever_minted => expire(&last_error),
+                    None => slot.store_expired(e),
+                }
+                sleep_until(retry_at).await;
+            }
+        }
+    }
+}
+
+/// All token slots, one per distinct [`TokenRequest`]; routes that ask for
+/// the same token share a slot (and a refresher). Refreshers run on the
+/// runtime the registry was made on (the control plane's), whichever
+/// thread asks for a slot. Dropping the registry stops the refreshers.
+pub struct Registry {
+    minter: Arc<dyn Mint>,
+    runtime: Handle,
+    slots: Mutex<HashMap<TokenRequest, (Slot, AbortHandle)>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.slots()).finish()
+    }
+}
+
+impl Registry {
+    /// A registry whose slots mint with `minter`, their refreshers on the
+    /// current Tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn new(minter: Arc<dyn Mint>) -> Registry {
+        Registry {
+            minter,
+            runtime: Handle::current(),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The slot for `request`, created (with its refresher) if it is the
+    /// first ask. With `warm`, the first mint starts now instead of on the
+    /// first [`Slot::load`].
+    pub fn slot(&self, request: TokenRequest, warm: bool) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = match slots.get(&request) {
+            Some((slot, _)) => slot.clone(),
+            None => {
+                let slot = Slot::new(request.clone());
+                let task = self
+                    .runtime
+                    .spawn(refresher(slot.clone(), self.minter.clone()));
+                slots.insert(request, (slot.clone(), task.abort_handle()));
+                slot
+            }
+        };
+        if warm {
+            slot.start();
+        }
+        slot
+    }
+
+    /// Every slot, for health and metrics.
+    pub fn slots(&self) -> Vec<Slot> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+impl SlotSource for Registry {
+    fn slot(&self, request: TokenRequest, warm: bool) -> Slot {
+        Registry::slot(self, request, warm)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, task) in slots.values() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

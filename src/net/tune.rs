@@ -1,0 +1,25 @@
+//! The numbers that tune connections, in one place: the forwarding
+//! connections (`proxy::upstream`), the proxy's own calls (`net::Outbound`)
+//! and the client-facing HTTP/2 server use the same ones.
+
+use std::time::Duration;
+
+/// HTTP/2 stream window upstream. Fixed, not adaptive: an adaptive window
+/// starts at 64 KiB and throttles large responses while it learns; 4 MiB
+/// per stream (8 MiB per connection) bounds what one upstream connection
+/// can buffer.
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 connection window upstream; see [`H2_STREAM_WINDOW`].
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+/// HTTP/2 keep-alive PING interval, both sides.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 keep-alive PING may go unanswered.
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// An idle upstream connection is closed after this long unused.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle upstream connections kept per host (per worker for forwarding).
+pub const MAX_IDLE_PER_HOST: usize = 256;
+/// The listeners' accept backlog: deep enough for a burst of clients
+/// waiting for a place under `max_connections` (the default of 128 drops
+/// them).
+pub const ACCEPT_BACKLOG: u32 = 4096;

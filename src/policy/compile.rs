@@ -1,0 +1,359 @@
+//! The one pass from a [`Config`] to a [`Policy`]: every value that means
+//! something to another part of the proxy is checked here (host patterns,
+//! CIDRs, routes, names that refer to other entries), with errors that
+//! name the key. Start-up, reload, `check` and the benches all run it, so
+//! what `check` accepts is what the proxy runs.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+
+use crate::config::{parse_duration, Config, ConfigError, RouteActionConfig, RouteConfig};
+use crate::google::{principal_email, TokenRequest};
+use crate::net::{parse_cidr, HostPattern};
+use crate::policy::clients::{ClientError, Clients};
+use crate::policy::egress::Egress;
+use crate::policy::routes::{ActionSpec, RouteTable, RuleSpec};
+use crate::policy::{Policy, SlotSource};
+
+/// IAM's ceiling for `lifetime` (where the org policy allows more than 1 h).
+const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// A policy could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// A value is not allowed; the error names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A `[[client]]` password file is missing, empty or too open.
+    #[error(transparent)]
+    Clients(#[from] ClientError),
+}
+
+impl CompileError {
+    /// Whether the cause is the configuration text rather than a file it
+    /// names.
+    pub fn is_config(&self) -> bool {
+        matches!(self, CompileError::Config(_))
+    }
+}
+
+/// What [`check`] found: the parts of the policy that need no I/O.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Checked {
+    /// Every route, in order, before slots exist.
+    pub rules: Vec<RuleSpec>,
+    /// The hosts that are terminated and routed: `[intercept] hosts` plus
+    /// every route's hosts (a route for a host implies intercepting it).
+    pub intercept: Vec<HostPattern>,
+    /// `[intercept] allow_private`.
+    pub allow_private: Vec<ipnet::IpNet>,
+}
+
+/// Checks everything in `cfg` that a policy depends on, without reading
+/// a file or minting a token.
+pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
+    cfg.validate()?;
+    let cidr = |key: String, s: &str| parse_cidr(s).map_err(|m| ConfigError::invalid(key, m));
+    let pattern =
+        |key: String, s: &str| HostPattern::parse(s).map_err(|m| ConfigError::invalid(key, m));
+    let mut intercept = Vec::new();
+    for (i, h) in cfg.intercept.hosts.iter().enumerate() {
+        intercept.push(pattern(format!("intercept.hosts[{i}]"), h)?);
+    }
+    for (r, route) in cfg.routes.iter().enumerate() {
+        for (i, h) in route.hosts.iter().enumerate() {
+            let p = pattern(format!("route[{r}].hosts[{i}]"), h)?;
+            if !intercept.contains(&p) {
+                intercept.push(p);
+            }
+        }
+    }
+    for host in cfg.upstream.resolve.keys() {
+        pattern(format!("upstream.resolve.\"{host}\""), host)?;
+    }
+    for (i, c) in cfg.clients.iter().enumerate() {
+        for (j, s) in c.cidrs.iter().enumerate() {
+            cidr(format!("client[{i}].cidrs[{j}]"), s)?;
+        }
+    }
+    let allow_private = cfg
+        .intercept
+        .allow_private
+        .iter()
+        .enumerate()
+        .map(|(i, s)| cidr(format!("intercept.allow_private[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let m = &cfg.metadata;
+    for (i, name) in m.real_clients.iter().enumerate() {
+        if !cfg.clients.iter().any(|c| &c.name == name) {
+            return Err(ConfigError::invalid(
+                format!("metadata.real_clients[{i}]"),
+                format!("`{name}` is not the name of any [[client]]"),
+            ));
+        }
+    }
+    if let Some(sa) = m.service_account.as_deref().filter(|_| m.enabled) {
+        principal_email(sa)
+            .map_err(|e| ConfigError::invalid("metadata.service_account", e.to_string()))?;
+    }
+    Ok(Checked {
+        rules: compile_rules(cfg)?,
+        intercept,
+        allow_private,
+    })
+}
+
+impl Policy {
+    /// Compiles `cfg`: [`check`], then the `[[client]]` password files, then
+    /// the route table with its slots from `slots` (a token whose request
+    /// did not change keeps its slot across a reload: no re-mint).
+    pub fn compile(cfg: &Config, slots: &dyn SlotSource) -> Result<Policy, CompileError> {
+        let checked = check(cfg)?;
+        Ok(Policy {
+            egress: Egress {
+                intercept: checked.intercept,
+                other: cfg.intercept.other,
+                intercept_ports: cfg.intercept.ports.clone(),
+                allow_private: checked.allow_private,
+                allow_ip_literals: cfg.intercept.allow_ip_literals,
+            },
+            clients: Clients::load(cfg)?,
+            routes: RouteTable::build(&checked.rules, slots),
+        })
+    }
+}
+
+/// Validates every `[[route]]` and turns it into a [`RuleSpec`].
+pub fn compile_rules(cfg: &Config) -> Result<Vec<RuleSpec>, ConfigError> {
+    let clients: Vec<&str> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
+    let mut names = std::collections::HashSet::new();
+    cfg.routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let spec = compile_rule(i, r, &clients)?;
+            if !names.insert(spec.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].name"),
+                    format!(
+                        "`{}` is used by an earlier route; names must be unique",
+                        spec.name
+                    ),
+                ));
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
+fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec, ConfigError> {
+    let key = |field: &str| format!("route[{i}].{field} (route \"{}\")", r.name);
+    if r.name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            format!("route[{i}].name"),
+            "must not be empty",
+        ));
+    }
+    if r.hosts.is_empty() {
+        return Err(ConfigError::invalid(
+            key("hosts"),
+            "is empty; list exact hosts or \"*.suffix\" patterns",
+        ));
+    }
+    let hosts = r
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| {
+            HostPattern::parse(h).map_err(|m| ConfigError::invalid(key(&format!("hosts[{j}]")), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = &r.path_prefix {
+        if !p.starts_with('/') || p.contains('?') {
+            return Err(ConfigError::invalid(
+                key("path_prefix"),
+                format!("`{p}` must start with `/` and hold no query"),
+            ));
+        }
+    }
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ConfigError::invalid(key("methods"), format!("`{m}` is not an HTTP method"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client_indices = Vec::with_capacity(r.clients.len());
+    for c in &r.clients {
+        match clients.iter().position(|known| known == c) {
+            Some(i) => client_indices.push(u32::try_from(i).expect("fewer than 2^32 clients")),
+            None => {
+                return Err(ConfigError::invalid(
+                    key("clients"),
+                    format!("no [[client]] named `{c}` is defined"),
+                ))
+            }
+        }
+    }
+    let chosen = [
+        r.impersonate.is_some(),
+        r.id_token.is_some(),
+        r.action.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if chosen != 1 {
+        return Err(ConfigError::invalid(
+            key("action"),
+            "set exactly one of `impersonate = \"SA\"`, `id_token = { audience, impersonate }` or `action = \"deny\" | \"passthrough\"`",
+        ));
+    }
+    let credential_keys = !r.delegates.is_empty()
+        || !r.scopes.is_empty()
+        || r.lifetime.is_some()
+        || r.quota_project.is_some()
+        || r.warm;
+    let action = if let Some(target) = &r.impersonate {
+        let lifetime = match &r.lifetime {
+            None => DEFAULT_LIFETIME,
+            Some(s) => {
+                let d = parse_duration(s).map_err(|m| ConfigError::invalid(key("lifetime"), m))?;
+                if d > MAX_LIFETIME || d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                    return Err(ConfigError::invalid(
+                        key("lifetime"),
+                        format!("`{s}` must be whole seconds between 1s and 43200s (IAM allows more than 3600s only where the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension permits)"),
+                    ));
+                }
+                d
+            }
+        };
+        let request = TokenRequest::access_token(target, &r.delegates, &r.scopes, lifetime)
+            .map_err(|e| ConfigError::invalid(key("impersonate"), e.to_string()))?;
+        ActionSpec::Inject {
+            request,
+            authorization: r.authorization,
+            quota_project: r.quota_project.clone(),
+            warm: r.warm,
+        }
+    } else if let Some(id) = &r.id_token {
+        if !r.scopes.is_empty() || r.lifetime.is_some() || !r.delegates.is_empty() {
+            return Err(ConfigError::invalid(
+                key("id_token"),
+                "an ID token route takes its delegates inside id_token = { … }; scopes and lifetime do not apply",
+            ));
+        }
+        let request = TokenRequest::id_token(&id.impersonate, &id.delegates, &id.audience)
+            .map_err(|e| ConfigError::invalid(key("id_token"), e.to_string()))?;
+        ActionSpec::Inject {
+            request,
+            authorization: r.authorization,
+            quota_project: r.quota_project.clone(),
+            warm: r.warm,
+        }
+    } else {
+        if credential_keys {
+            return Err(ConfigError::invalid(
+                key("action"),
+                "delegates, scopes, lifetime, quota_project and warm only apply to impersonate / id_token routes",
+            ));
+        }
+        match r.action {
+            Some(RouteActionConfig::Deny) => ActionSpec::Deny,
+            _ => ActionSpec::Passthrough,
+        }
+    };
+    if let ActionSpec::Inject {
+        quota_project: Some(q),
+        ..
+    } = &action
+    {
+        if HeaderValue::from_str(q).is_err() || q.is_empty() {
+            return Err(ConfigError::invalid(
+                key("quota_project"),
+                format!("`{q}` is not a project ID"),
+            ));
+        }
+    }
+    Ok(RuleSpec {
+        name: r.name.clone(),
+        hosts,
+        path_prefix: r.path_prefix.clone(),
+        methods,
+        clients: r.clients.clone(),
+        client_indices,
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Parses and checks, as start-up, reload and `check` do.
+    fn compile(text: &str) -> Result<Checked, ConfigError> {
+        check(&Config::parse(Path::new("test.toml"), text)?)
+    }
+
+    #[test]
+    fn bad_host_pattern_names_the_key() {
+        let err = compile("[intercept]\nhosts = [\"a.com\", \"foo.*.com\"]\n").unwrap_err();
+        assert!(err.to_string().contains("intercept.hosts[1]"), "{err}");
+        let err = compile("[upstream.resolve]\n\"a b\" = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("upstream.resolve"), "{err}");
+        let err = compile("[intercept]\nother = \"tunnel\"\nallow_private = [\"10.0.0.0/33\"]\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("intercept.allow_private[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn route_hosts_are_intercepted_too() {
+        let c = compile(
+            "[[route]]\nname = \"run\"\nhosts = [\"svc.a.run.app\"]\naction = \"passthrough\"\n",
+        )
+        .unwrap();
+        let hosts: Vec<String> = c.intercept.iter().map(|p| p.to_string()).collect();
+        assert_eq!(hosts, ["*.googleapis.com", "svc.a.run.app"]);
+    }
+
+    #[test]
+    fn metadata_cross_references_are_checked_with_key_names() {
+        let err =
+            compile("[metadata]\nenabled = true\nservice_account = \"nobody\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("metadata.service_account"),
+            "{err}"
+        );
+        let sa = "service_account = \"a@p.iam.gserviceaccount.com\"";
+        let err = compile(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("metadata.real_clients[0]"),
+            "{err}"
+        );
+        compile(&format!(
+            "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n[[client]]\nname = \"ci\"\ncidrs = [\"127.0.0.1\"]\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn client_cidrs_are_checked_with_key_names() {
+        let err = compile("[[client]]\nname = \"ci\"\ncidrs = [\"10.8.0.0/16\", \"nope\"]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("client[0].cidrs[1]"), "{err}");
+    }
+}
