@@ -449,6 +449,9 @@ pub struct InterceptConfig {
     /// Ports an intercepted host may be CONNECTed on.
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
+    /// Ports an absolute-form `http://` request may name.
+    #[serde(default = "default_http_ports")]
+    pub http_ports: Vec<u16>,
     /// Private, loopback or link-local ranges (CIDRs) that `other =
     /// "tunnel"` may reach; all others are refused.
     #[serde(default)]
@@ -462,10 +465,15 @@ fn default_ports() -> Vec<u16> {
     vec![443]
 }
 
+fn default_http_ports() -> Vec<u16> {
+    vec![80]
+}
+
 impl Default for InterceptConfig {
     fn default() -> Self {
         InterceptConfig {
             ports: default_ports(),
+            http_ports: default_http_ports(),
             allow_private: Vec::new(),
             allow_ip_literals: false,
             hosts: default_intercept_hosts(),
@@ -632,6 +640,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "intercept.ports",
                 "list the ports intercepted hosts may be reached on, e.g. [443]",
+            ));
+        }
+        if self.intercept.http_ports.is_empty() || self.intercept.http_ports.contains(&0) {
+            return Err(ConfigError::invalid(
+                "intercept.http_ports",
+                "list the ports absolute-form http:// requests may name, e.g. [80]",
             ));
         }
         match self.source.kind {

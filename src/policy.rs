@@ -8,6 +8,7 @@ pub(crate) mod clients;
 mod compile;
 pub(crate) mod egress;
 pub mod inject;
+pub mod normalize;
 pub mod routes;
 
 pub use clients::ClientError;

@@ -10,6 +10,7 @@
 
 mod idle;
 mod listener;
+mod refusals;
 pub mod reply;
 mod request;
 mod tunnel;
@@ -103,6 +104,8 @@ pub(crate) struct DataPlane {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Recent 407s by address, to slow down password guessing.
+    pub refusals: refusals::Refusals,
 }
 
 /// A handle that reloads the running proxy's config (SIGHUP, `POST
@@ -196,6 +199,7 @@ impl Proxy {
             h2,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            refusals: Default::default(),
         };
         tracing::info!(
             routes = data.control.policy().routes().routes().len(),

@@ -103,7 +103,7 @@ warm = false
 
 [[route]]
 name = "run-invoke"
-hosts = ["*.run.app"]
+hosts = ["svc.run.app"]
 id_token = { audience = "https://svc.run.app", impersonate = "invoker@p.iam.gserviceaccount.com", delegates = [] }
 
 [[route]]

@@ -351,7 +351,7 @@ async fn absolute_form_http_requests_take_the_same_path() {
     let (plain, _) = start_upstream(None).await;
     let (cfg, dir) = config_with_ca(
         "absolute",
-        &format!("[upstream.resolve]\n\"plain.googleapis.com\" = \"{plain}\"\n{PASSTHROUGH_ALL}"),
+        &format!("[intercept]\nallow_private = [\"127.0.0.0/8\"]\n[upstream.resolve]\n\"plain.googleapis.com\" = \"{plain}\"\n{PASSTHROUGH_ALL}"),
     );
     let proxy = start_proxy(cfg, dir).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();

@@ -257,7 +257,7 @@ async fn id_token_routes_attach_a_jwt_for_the_audience() {
         r#"
 [[route]]
 name = "run-invoke"
-hosts = ["*.run.app"]
+hosts = ["hello.run.app"]
 id_token = {{ audience = "https://hello.run.app", impersonate = "{READER}" }}
 "#
     );

@@ -66,7 +66,7 @@ impl ForwardError {
 #[error("upstream.extra_ca: {0}")]
 pub struct UpstreamSetupError(#[from] crate::net::tls::PemError);
 
-pub(crate) type Connector = HttpsConnector<HttpConnector<ResolveMap>>;
+pub(crate) type Connector = HttpsConnector<MappedPorts>;
 
 /// The outbound client, one per process, shared by the control plane
 /// (its own calls) and the data plane (forwarding connectors, tunnels).
@@ -111,13 +111,17 @@ impl Outbound {
                 .map(|(k, v)| (normalize_host(k), *v))
                 .collect(),
         );
-        let mut http = HttpConnector::new_with_resolver(ResolveMap {
+        let mut inner = HttpConnector::new_with_resolver(ResolveMap {
             map: resolve.clone(),
             dns: GaiResolver::new(),
         });
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
+        inner.enforce_http(false);
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(cfg.connect_timeout));
+        let http = MappedPorts {
+            inner,
+            map: resolve.clone(),
+        };
         let any = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
@@ -233,6 +237,46 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) struct ResolveMap {
     map: Arc<BTreeMap<String, SocketAddr>>,
     dns: GaiResolver,
+}
+
+/// The TCP connector, with one rule on top of hyper-util's: a host in
+/// `[upstream.resolve]` goes to exactly its configured address. hyper-util
+/// lets a port named in the URI replace the mapped address's port; then a
+/// request could pick any port on a mapped (often loopback or private)
+/// address.
+#[derive(Clone)]
+pub(crate) struct MappedPorts {
+    inner: HttpConnector<ResolveMap>,
+    map: Arc<BTreeMap<String, SocketAddr>>,
+}
+
+impl tower_service::Service<http::Uri> for MappedPorts {
+    type Response = <HttpConnector<ResolveMap> as tower_service::Service<http::Uri>>::Response;
+    type Error = <HttpConnector<ResolveMap> as tower_service::Service<http::Uri>>::Error;
+    type Future = <HttpConnector<ResolveMap> as tower_service::Service<http::Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let mapped = uri.port().is_some()
+            && uri
+                .host()
+                .is_some_and(|h| self.map.contains_key(&normalize_host(h)));
+        if !mapped {
+            return self.inner.call(uri);
+        }
+        // The same URI without its port: the mapped address keeps its own.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = uri.scheme().cloned();
+        parts.authority = uri.host().and_then(|h| h.parse().ok());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        match http::Uri::from_parts(parts) {
+            Ok(u) => self.inner.call(u),
+            Err(_) => self.inner.call(uri),
+        }
+    }
 }
 
 type Addrs = std::vec::IntoIter<SocketAddr>;

@@ -94,6 +94,55 @@ pub(crate) enum Refusal {
     /// Credentials were sent but match no client (wrong, malformed, or
     /// from an address the client is not allowed at).
     BadCredentials,
+    /// The client a connection was opened as is gone from the current
+    /// policy, or no longer matches it (a reload changed it).
+    Revoked,
+}
+
+/// What a client presented to be identified: its `Proxy-Authorization:
+/// Basic` as a digest (never the password itself), kept with a tunnel so
+/// every request in it is identified again against the current policy.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Presented {
+    /// SHA-256 of a well-formed Basic `user:password`.
+    basic: Option<Digest>,
+    /// Whether a `Proxy-Authorization` was sent at all (even malformed).
+    sent: bool,
+}
+
+impl Presented {
+    /// From a request's `Proxy-Authorization`, if any.
+    pub fn from_header(proxy_authorization: Option<&HeaderValue>) -> Presented {
+        Presented {
+            basic: proxy_authorization
+                .and_then(basic_pair)
+                .map(|p| digest(&SHA256, &p)),
+            sent: proxy_authorization.is_some(),
+        }
+    }
+}
+
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match (self.basic.is_some(), self.sent) {
+            (true, _) => "Presented(basic)",
+            (false, true) => "Presented(malformed)",
+            (false, false) => "Presented(none)",
+        })
+    }
+}
+
+impl Client {
+    /// Whether a request from `peer` presenting `presented` is this client.
+    fn admits(&self, peer: IpAddr, presented: &Presented) -> bool {
+        let addr_ok = self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&peer));
+        let auth_ok = match (&self.basic, &presented.basic) {
+            (None, _) => true,
+            (Some(want), Some(got)) => same(want, got),
+            (Some(_), None) => false,
+        };
+        addr_ok && auth_ok
+    }
 }
 
 impl Clients {
@@ -130,35 +179,46 @@ impl Clients {
         Ok(Clients { clients })
     }
 
-    /// The first client `peer` with `proxy_authorization` satisfies.
-    /// `Ok(None)` when no clients are configured.
+    /// The first client `peer` with `presented` satisfies. `Ok(None)` when
+    /// no clients are configured.
     pub fn identify(
         &self,
         peer: IpAddr,
-        proxy_authorization: Option<&HeaderValue>,
+        presented: &Presented,
     ) -> Result<Option<ClientId>, Refusal> {
         if self.clients.is_empty() {
             return Ok(None);
         }
-        let presented = proxy_authorization
-            .and_then(basic_pair)
-            .map(|p| digest(&SHA256, &p));
         let peer = unmap(peer);
-        for c in &self.clients {
-            let addr_ok = c.cidrs.is_empty() || c.cidrs.iter().any(|n| n.contains(&peer));
-            let auth_ok = match (&c.basic, &presented) {
-                (None, _) => true,
-                (Some(want), Some(got)) => same(want, got),
-                (Some(_), None) => false,
-            };
-            if addr_ok && auth_ok {
-                return Ok(Some(c.id.clone()));
-            }
+        if let Some(c) = self.clients.iter().find(|c| c.admits(peer, presented)) {
+            return Ok(Some(c.id.clone()));
         }
-        if proxy_authorization.is_some() {
+        if presented.sent {
             Err(Refusal::BadCredentials)
         } else {
             Err(Refusal::NoCredentials)
+        }
+    }
+
+    /// The client a request on a connection opened as `prior` is now: the
+    /// entry of that name in this (current) list, if it still admits
+    /// `peer` with `presented` — by name, so a reordered list cannot hand
+    /// one client's routes to another. A connection opened anonymously is
+    /// identified afresh.
+    pub fn reidentify(
+        &self,
+        prior: Option<&ClientId>,
+        peer: IpAddr,
+        presented: &Presented,
+    ) -> Result<Option<ClientId>, Refusal> {
+        let Some(prior) = prior else {
+            return self.identify(peer, presented);
+        };
+        let peer = unmap(peer);
+        match self.clients.iter().find(|c| c.id.name == prior.name) {
+            // Usually the same entry: a reference-count clone.
+            Some(c) if c.admits(peer, presented) => Ok(Some(c.id.clone())),
+            _ => Err(Refusal::Revoked),
         }
     }
 }
@@ -268,33 +328,95 @@ cidrs = ["192.168.1.0/24", "::1"]
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let name = |r: Result<Option<ClientId>, Refusal>| r.map(|c| c.map(|c| c.name.to_string()));
         assert_eq!(
-            name(c.identify(ip("10.8.1.2"), Some(&basic("batch", "s3cret")))),
+            name(c.identify(
+                ip("10.8.1.2"),
+                &Presented::from_header(Some(&basic("batch", "s3cret")))
+            )),
             Ok(Some("batch".into()))
         );
         assert_eq!(
-            name(c.identify(ip("10.8.1.2"), Some(&basic("batch", "wrong")))),
+            name(c.identify(
+                ip("10.8.1.2"),
+                &Presented::from_header(Some(&basic("batch", "wrong")))
+            )),
             Err(Refusal::BadCredentials)
         );
         assert_eq!(
-            name(c.identify(ip("10.9.1.2"), Some(&basic("batch", "s3cret")))),
+            name(c.identify(
+                ip("10.9.1.2"),
+                &Presented::from_header(Some(&basic("batch", "s3cret")))
+            )),
             Err(Refusal::BadCredentials)
         );
         assert_eq!(
-            name(c.identify(ip("10.8.1.2"), None)),
+            name(c.identify(ip("10.8.1.2"), &Presented::default())),
             Err(Refusal::NoCredentials)
         );
         assert_eq!(
-            name(c.identify(ip("192.168.1.7"), None)),
+            name(c.identify(ip("192.168.1.7"), &Presented::default())),
             Ok(Some("office".into()))
         );
         assert_eq!(
-            name(c.identify(ip("::ffff:192.168.1.7"), None)),
+            name(c.identify(ip("::ffff:192.168.1.7"), &Presented::default())),
             Ok(Some("office".into()))
         );
         let junk = HeaderValue::from_static("Basic !!!not-base64!!!");
         assert_eq!(
-            name(c.identify(ip("10.8.1.2"), Some(&junk))),
+            name(c.identify(ip("10.8.1.2"), &Presented::from_header(Some(&junk)))),
             Err(Refusal::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn a_connection_is_reidentified_by_name_against_the_current_list() {
+        let d = dir("again");
+        let before = clients(
+            "[[client]]\nname = \"alice\"\ncidrs = [\"10.1.0.0/16\"]\n[[client]]\nname = \"bob\"\ncidrs = [\"10.2.0.0/16\"]\n",
+            &d,
+        );
+        let bob = before
+            .identify("10.2.0.9".parse().unwrap(), &Presented::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*bob.name, bob.index), ("bob", 1));
+        // Reordered: bob is now entry 0, alice entry 1.
+        let reordered = clients(
+            "[[client]]\nname = \"bob\"\ncidrs = [\"10.2.0.0/16\"]\n[[client]]\nname = \"alice\"\ncidrs = [\"10.1.0.0/16\"]\n",
+            &d,
+        );
+        let again = reordered
+            .reidentify(
+                Some(&bob),
+                "10.2.0.9".parse().unwrap(),
+                &Presented::default(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*again.name, again.index), ("bob", 0));
+        // Gone, or no longer matching: revoked.
+        let gone = clients(
+            "[[client]]\nname = \"alice\"\ncidrs = [\"10.1.0.0/16\"]\n",
+            &d,
+        );
+        assert_eq!(
+            gone.reidentify(
+                Some(&bob),
+                "10.2.0.9".parse().unwrap(),
+                &Presented::default()
+            ),
+            Err(Refusal::Revoked)
+        );
+        let moved = clients(
+            "[[client]]\nname = \"bob\"\ncidrs = [\"10.3.0.0/16\"]\n",
+            &d,
+        );
+        assert_eq!(
+            moved.reidentify(
+                Some(&bob),
+                "10.2.0.9".parse().unwrap(),
+                &Presented::default()
+            ),
+            Err(Refusal::Revoked)
         );
     }
 

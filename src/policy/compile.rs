@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method};
 
 use crate::config::{parse_duration, Config, ConfigError, RouteActionConfig, RouteConfig};
-use crate::google::{principal_email, TokenRequest};
+use crate::google::{principal_email, TokenKind, TokenRequest};
 use crate::net::{parse_cidr, HostPattern};
 use crate::policy::clients::{ClientError, Clients};
 use crate::policy::egress::Egress;
@@ -107,6 +107,43 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
     })
 }
 
+/// The suffix under which every host is one Google runs: an access token
+/// may go to any of them.
+const GOOGLE_APIS: &str = ".googleapis.com";
+
+/// A token goes only where its route names: an access token to exact
+/// hosts or to wildcards under `googleapis.com` (every name there is
+/// Google's; under `run.app`, `appspot.com` or `cloudfunctions.net` anyone
+/// can deploy a service and would receive it); an ID token only to the
+/// exact hosts of its audience's service.
+fn token_destinations(
+    request: &TokenRequest,
+    hosts: &[HostPattern],
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    for (j, h) in hosts.iter().enumerate() {
+        let HostPattern::Suffix(sfx) = h else {
+            continue;
+        };
+        match request.kind() {
+            TokenKind::Id { .. } => {
+                return Err(ConfigError::invalid(
+                    key(&format!("hosts[{j}]")),
+                    format!("`{h}`: an id_token route names exact hosts (the service of its audience), never a wildcard: anyone who can deploy a service under `*{sfx}` would receive the ID token"),
+                ))
+            }
+            _ if sfx.as_str() == GOOGLE_APIS || sfx.ends_with(GOOGLE_APIS) => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    key(&format!("hosts[{j}]")),
+                    format!("`{h}`: a route that attaches an access token names exact hosts or wildcards under googleapis.com; under `*{sfx}` hosts are not all Google's, and whoever runs one would receive the token. List the exact hosts, or use action = \"passthrough\""),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Policy {
     /// Compiles `cfg`: [`check`], then the `[[client]]` password files, then
     /// the route table with its slots from `slots` (a token whose request
@@ -118,6 +155,7 @@ impl Policy {
                 intercept: checked.intercept,
                 other: cfg.intercept.other,
                 intercept_ports: cfg.intercept.ports.clone(),
+                http_ports: cfg.intercept.http_ports.clone(),
                 allow_private: checked.allow_private,
                 allow_ip_literals: cfg.intercept.allow_ip_literals,
             },
@@ -280,6 +318,9 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
                 format!("`{q}` is not a project ID"),
             ));
         }
+    }
+    if let ActionSpec::Inject { request, .. } = &action {
+        token_destinations(request, &hosts, &key)?;
     }
     Ok(RuleSpec {
         name: r.name.clone(),

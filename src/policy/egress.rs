@@ -14,6 +14,8 @@ pub(crate) struct Egress {
     pub other: OtherHosts,
     /// Ports an intercepted host may be CONNECTed on.
     pub intercept_ports: Vec<u16>,
+    /// Ports an absolute-form `http://` request may name.
+    pub http_ports: Vec<u16>,
     /// Internal ranges a tunnel may reach anyway.
     pub allow_private: Vec<ipnet::IpNet>,
     /// Whether a tunnel may name an IP address.

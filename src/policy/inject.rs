@@ -31,10 +31,11 @@ pub fn is_placeholder(value: &HeaderValue) -> bool {
             .starts_with(PLACEHOLDER_PREFIX.as_bytes())
 }
 
-/// Removes an `Authorization` that holds a metadata placeholder.
+/// Removes `Authorization` when any of its values holds a metadata
+/// placeholder (a second value is as much a placeholder as the first).
 #[inline]
 fn drop_placeholder(headers: &mut HeaderMap) {
-    if headers.get(AUTHORIZATION).is_some_and(is_placeholder) {
+    if headers.get_all(AUTHORIZATION).iter().any(is_placeholder) {
         headers.remove(AUTHORIZATION);
     }
 }
@@ -128,7 +129,15 @@ mod tests {
         attach(&mut h, token.clone(), AuthorizationPolicy::Keep, None);
         assert_eq!(h[AUTHORIZATION], "Bearer real");
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer mine"));
-        attach(&mut h, token, AuthorizationPolicy::Keep, None);
+        attach(&mut h, token.clone(), AuthorizationPolicy::Keep, None);
         assert_eq!(h[AUTHORIZATION], "Bearer mine");
+        // A placeholder in a second value: the header is the placeholder's.
+        h.append(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer ya29.impersonate-proxy-placeholder.y"),
+        );
+        attach(&mut h, token, AuthorizationPolicy::Keep, None);
+        let values: Vec<_> = h.get_all(AUTHORIZATION).iter().collect();
+        assert_eq!(values, ["Bearer real"]);
     }
 }

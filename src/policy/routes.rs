@@ -175,10 +175,15 @@ struct Candidates {
     dir_lens: u64,
     /// Some prefix is 64 bytes or longer.
     long_prefix: bool,
+    /// Some route here restricts `path_prefix` or `methods`: a batch
+    /// request (whose inner requests the proxy does not see) then matches
+    /// only routes whose prefix names `/batch`.
+    restricted: bool,
 }
 
 impl Candidates {
-    fn push(&mut self, idx: u32, path_prefix: Option<&str>) {
+    fn push(&mut self, idx: u32, path_prefix: Option<&str>, restricts_methods: bool) {
+        self.restricted |= path_prefix.is_some() || restricts_methods;
         match path_prefix {
             None => self.any_path.push(idx),
             Some(p) => {
@@ -204,6 +209,7 @@ impl Candidates {
         self.seg_lens |= other.seg_lens;
         self.dir_lens |= other.dir_lens;
         self.long_prefix |= other.long_prefix;
+        self.restricted |= other.restricted;
     }
 
     /// Sorts every list ascending (the scan stops at the first match).
@@ -330,14 +336,15 @@ impl RouteTable {
                     HostPattern::Exact(name) => exact
                         .entry(name.as_str().into())
                         .or_default()
-                        .push(idx, spec.path_prefix.as_deref()),
+                        .push(idx, spec.path_prefix.as_deref(), !spec.methods.is_empty()),
                     HostPattern::Suffix(sfx) => {
                         let labels = sfx.matches('.').count().min(63);
                         suffix_labels |= 1 << labels;
-                        suffix
-                            .entry(sfx.as_str().into())
-                            .or_default()
-                            .push(idx, spec.path_prefix.as_deref());
+                        suffix.entry(sfx.as_str().into()).or_default().push(
+                            idx,
+                            spec.path_prefix.as_deref(),
+                            !spec.methods.is_empty(),
+                        );
                     }
                 }
             }
@@ -397,10 +404,15 @@ impl RouteTable {
         self.find_for(host, method, path, None)
     }
 
-    /// The first route matching `host` (normalized), `method`, `path`
-    /// (without query) and `client` (a `[[client]]` index). No allocation,
-    /// no lock, and no scan of the rules whose host or path prefix cannot
-    /// match.
+    /// The first route matching `host` (normalized), `method` (the
+    /// effective one), `path` (normalised, without query) and `client` (a
+    /// `[[client]]` index). No allocation, no lock, and no scan of the
+    /// rules whose host or path prefix cannot match.
+    ///
+    /// A batch request (`/batch`, `/batch/...`) carries inner requests
+    /// with their own paths and methods: when some route for the host
+    /// restricts `path_prefix` or `methods`, only a route whose prefix
+    /// names `/batch` can match it, so a batch cannot smuggle past them.
     #[inline]
     pub fn find_for(
         &self,
@@ -409,50 +421,70 @@ impl RouteTable {
         path: &str,
         client: Option<u32>,
     ) -> Option<&Route> {
+        let batch = crate::policy::normalize::is_batch(path);
         let mut best = u32::MAX;
         if let Some(c) = self.exact.get(host) {
             // Holds the `*.suffix` routes covering `host` too.
-            best = self.first_in(c, best, method, path, client);
+            let q = Query {
+                method,
+                path,
+                client,
+                batch_only: batch && c.restricted,
+            };
+            best = self.first_in(c, best, &q);
         } else if self.suffix_labels != 0 {
-            // Every proper suffix starting at a dot, right to left: ".c",
-            // ".b.c" of "a.b.c", only for label counts some pattern has,
-            // and no further left than the longest pattern reaches (bit 63
-            // stands for 63 labels or more).
-            let most = 63 - self.suffix_labels.leading_zeros() as usize;
-            let mut labels = 0usize;
-            // A plain loop: `rfind` costs more per call than a host name
-            // has bytes.
-            for (pos, &b) in host.as_bytes().iter().enumerate().rev() {
-                if b != b'.' {
-                    continue;
-                }
-                labels += 1;
-                if most < 63 && labels > most {
-                    break;
-                }
-                if self.suffix_labels & (1 << labels.min(63)) != 0 {
-                    if let Some(c) = self.suffix.get(&host[pos..]) {
-                        best = self.first_in(c, best, method, path, client);
-                    }
-                }
-            }
+            let batch_only = batch && {
+                let mut restricted = false;
+                self.each_suffix(host, |c| restricted |= c.restricted);
+                restricted
+            };
+            let q = Query {
+                method,
+                path,
+                client,
+                batch_only,
+            };
+            self.each_suffix(host, |c| best = self.first_in(c, best, &q));
         }
         self.routes.get(best as usize)
     }
 
-    /// The lowest route index below `best` among `c` that allows `method`
-    /// and whose path prefix (if any) matches `path`; else `best`.
+    /// Calls `f` with the candidates of every `*.suffix` pattern covering
+    /// `host`: every proper suffix starting at a dot, right to left (".c",
+    /// ".b.c" of "a.b.c"), only for label counts some pattern has, and no
+    /// further left than the longest pattern reaches (bit 63 stands for 63
+    /// labels or more).
     #[inline]
-    fn first_in(
-        &self,
-        c: &Candidates,
-        mut best: u32,
-        method: &Method,
-        path: &str,
-        client: Option<u32>,
-    ) -> u32 {
-        best = self.first_allowing(&c.any_path, best, method, client);
-        let bytes = path.as_bytes();
+    fn each_suffix(&self, host: &str, mut f: impl FnMut(&Candidates)) {
+        let most = 63 - self.suffix_labels.leading_zeros() as usize;
+        let mut labels = 0usize;
+        // A plain loop: `rfind` costs more per call than a host name has
+        // bytes.
+        for (pos, &b) in host.as_bytes().iter().enumerate().rev() {
+            if b != b'.' {
+                continue;
+            }
+            labels += 1;
+            if most < 63 && labels > most {
+                break;
+            }
+            if self.suffix_labels & (1 << labels.min(63)) != 0 {
+                if let Some(c) = self.suffix.get(&host[pos..]) {
+                    f(c);
+                }
+            }
+        }
+    }
+
+    /// The lowest route index below `best` among `c` that allows the
+    /// query's method and client and whose path prefix (if any) matches
+    /// its path; else `best`.
+    #[inline]
+    fn first_in(&self, c: &Candidates, mut best: u32, q: &Query<'_>) -> u32 {
+        if !q.batch_only {
+            best = self.first_allowing(&c.any_path, best, q);
+        }
+        let bytes = q.path.as_bytes();
         // Only the lengths some prefix has, and only where a prefix could
         // end: usually one or two probes, however many prefixes there are.
         let upto = match bytes.len() {
@@ -468,45 +500,53 @@ impl RouteTable {
             let seg = c.seg_lens >> k & 1 != 0 && (k == bytes.len() || bytes[k] == b'/');
             let dir = c.dir_lens >> k & 1 != 0 && bytes[k - 1] == b'/';
             if seg || dir {
-                best = self.probe(c, best, method, path, k, client);
+                best = self.probe(c, best, q, k);
             }
         }
         if c.long_prefix {
             for k in (64..=bytes.len()).filter(|&k| is_cut(bytes, k)) {
-                best = self.probe(c, best, method, path, k, client);
+                best = self.probe(c, best, q, k);
             }
         }
         best
     }
 
     #[inline]
-    fn probe(
-        &self,
-        c: &Candidates,
-        best: u32,
-        method: &Method,
-        path: &str,
-        k: usize,
-        client: Option<u32>,
-    ) -> u32 {
-        match c.by_prefix.get(&path[..k]) {
-            Some(list) => self.first_allowing(list, best, method, client),
+    fn probe(&self, c: &Candidates, best: u32, q: &Query<'_>, k: usize) -> u32 {
+        let prefix = &q.path[..k];
+        // A batch request under a restricted host: only prefixes that
+        // name `/batch` (the request is under it, so the prefix is
+        // `/batch` or longer, or `/batch/`).
+        if q.batch_only && !prefix.starts_with("/batch") {
+            return best;
+        }
+        match c.by_prefix.get(prefix) {
+            Some(list) => self.first_allowing(list, best, q),
             None => best,
         }
     }
 
     #[inline]
-    fn first_allowing(&self, list: &[u32], best: u32, method: &Method, client: Option<u32>) -> u32 {
+    fn first_allowing(&self, list: &[u32], best: u32, q: &Query<'_>) -> u32 {
         for &i in list {
             if i >= best {
                 break;
             }
-            if self.routes[i as usize].allows(method, client) {
+            if self.routes[i as usize].allows(q.method, q.client) {
                 return i;
             }
         }
         best
     }
+}
+
+/// One lookup's request facts.
+struct Query<'a> {
+    method: &'a Method,
+    path: &'a str,
+    client: Option<u32>,
+    /// Only routes whose prefix names `/batch` may match.
+    batch_only: bool,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,13 +14,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::OtherHosts;
 use crate::control::metadata::Metadata;
 use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{AuditAction, Record};
 use crate::ops::observe;
-use crate::policy::clients::{ClientId, Refusal};
+use crate::policy::clients::{ClientId, Presented};
 use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight};
 use crate::proxy::request::{self, Origin, Target};
+use crate::proxy::tunnel::Dial;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, tunnel, ConnPermit, DataPlane};
 
@@ -118,14 +120,17 @@ async fn dispatch(
     guard: InFlight,
 ) -> Response<ProxyBody> {
     let policy = shared.control.policy_full();
-    let client = match policy
-        .clients
-        .identify(peer.ip(), req.headers().get(header::PROXY_AUTHORIZATION))
-    {
+    let presented = Presented::from_header(req.headers().get(header::PROXY_AUTHORIZATION));
+    let client = match policy.clients.identify(peer.ip(), &presented) {
         Ok(c) => c,
         Err(refusal) => {
-            let resp = proxy_auth_required(refusal);
+            let resp = reply::proxy_auth_required(refusal);
             audit_connection_level(&shared, peer, None, &req, &resp, AuditAction::ProxyAuth);
+            // Guessing passwords gets slower with every miss.
+            let delay = shared.refusals.record(peer.ip());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             return resp;
         }
     };
@@ -134,8 +139,16 @@ async fn dispatch(
         let uri = req.uri().clone();
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let name = client.as_ref().map(|c| c.name.clone());
-        let resp =
-            tunnel::connect(shared.clone(), &policy, peer, client, permit, upstream, req).await;
+        let resp = tunnel::connect(
+            shared.clone(),
+            &policy,
+            peer,
+            (client, presented),
+            permit,
+            upstream,
+            req,
+        )
+        .await;
         // Intercepted requests get their own records; here the CONNECT
         // itself is recorded when it is refused or spliced blind.
         if let Some(action) = resp
@@ -168,16 +181,52 @@ async fn dispatch(
             let port = a.port_u16().unwrap_or_else(|| default_port(&Scheme::HTTP));
             let host = normalize_host(a.host());
             if !policy.intercepts(&host) {
-                // Plain http to other hosts is never proxied, even with
-                // other = "tunnel": it would let a client reach internal
-                // addresses (the metadata server) through us.
-                return tunnel::not_intercepted(&host);
+                // Plain http to other hosts is never proxied, whatever
+                // [intercept] other says: it would let a client reach
+                // internal addresses (the metadata server) through us.
+                return reply::error(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "host `{host}` is not in [intercept] hosts; absolute-form http:// requests are forwarded only to intercepted hosts (with [intercept] other = \"{}\", which applies to CONNECT only)",
+                        match policy.egress.other {
+                            OtherHosts::Deny => "deny",
+                            OtherHosts::Tunnel => "tunnel",
+                        }
+                    ),
+                );
             }
-            let target = match Target::new(Scheme::HTTP, &host, port) {
+            if !policy.egress.http_ports.contains(&port) {
+                return reply::error(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "port {port} is not allowed for http://{host}; [intercept] http_ports = {:?}",
+                        policy.egress.http_ports
+                    ),
+                );
+            }
+            // The same egress check as a tunnel, on the addresses the
+            // connection will go to.
+            let addr = match tunnel::resolve_for_egress(&shared, &policy, &host, port).await {
+                Ok(addrs) => addrs[0],
+                Err(Dial::Refused(m)) => return reply::error(StatusCode::FORBIDDEN, &m),
+                Err(Dial::Failed(e)) => {
+                    return reply::error(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("cannot resolve {host}:{port}: {e}"),
+                    )
+                }
+            };
+            let target = match Target::new(Scheme::HTTP, &host, port).and_then(|t| t.pinned(addr)) {
                 Ok(t) => t,
                 Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
             };
-            let origin = Arc::new(Origin::new(upstream, peer, client, target, None));
+            let origin = Arc::new(Origin::new(
+                upstream,
+                peer,
+                (client, presented),
+                target,
+                None,
+            ));
             request::handle(shared, origin, req, guard).await
         }
         (Some(_), Some(_)) => reply::error(
@@ -202,21 +251,6 @@ fn not_a_server() -> Response<ProxyBody> {
         StatusCode::BAD_REQUEST,
         "this is impersonate-proxy, a forward proxy: send CONNECT host:443 (set HTTPS_PROXY=http://<this address>) or an absolute-form http:// request",
     )
-}
-
-/// 407 with the challenge that makes curl, gcloud, gRPC and Java clients
-/// send their `Proxy-Authorization: Basic` credentials.
-fn proxy_auth_required(refusal: Refusal) -> Response<ProxyBody> {
-    let message = match refusal {
-        Refusal::NoCredentials => "this proxy serves only configured [[client]] identities: send Proxy-Authorization: Basic (e.g. HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT) from an allowed address",
-        Refusal::BadCredentials => "Proxy-Authorization does not match any [[client]] allowed from this address",
-    };
-    let mut resp = reply::error(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
-    resp.headers_mut().insert(
-        header::PROXY_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"impersonate-proxy\""),
-    );
-    resp
 }
 
 /// Serves an origin-form request on the listener as the metadata server,

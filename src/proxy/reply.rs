@@ -2,10 +2,11 @@
 //! (`{"error":{"code":…,"message":…,"status":…}}`), so a client library
 //! surfaces our message the way it surfaces Google's.
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{self, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use crate::net::{full_body, ProxyBody};
+use crate::policy::clients::Refusal;
 
 /// The canonical gRPC/Google status name for an HTTP status we emit.
 fn status_name(code: StatusCode) -> &'static str {
@@ -38,6 +39,22 @@ fn grpc_code(code: StatusCode) -> &'static str {
         502 | 503 => "14",
         _ => "2",
     }
+}
+
+/// 407 with the challenge that makes curl, gcloud, gRPC and Java clients
+/// send their `Proxy-Authorization: Basic` credentials.
+pub(crate) fn proxy_auth_required(refusal: Refusal) -> Response<ProxyBody> {
+    let message = match refusal {
+        Refusal::NoCredentials => "this proxy serves only configured [[client]] identities: send Proxy-Authorization: Basic (e.g. HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT) from an allowed address",
+        Refusal::BadCredentials => "Proxy-Authorization does not match any [[client]] allowed from this address",
+        Refusal::Revoked => "the [[client]] this connection was opened as is no longer in the proxy's config, or no longer matches it (the config was reloaded); open a new connection",
+    };
+    let mut resp = error(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+    resp.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"impersonate-proxy\""),
+    );
+    resp
 }
 
 /// A JSON error body for `code` carrying `message` (which must never hold

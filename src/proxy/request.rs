@@ -3,6 +3,7 @@
 //! authority, strip hop-by-hop headers, forward, stream the answer back.
 //! There is one such path, so there is one policy.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AuthorizationPolicy;
 use crate::google::slot::Slot;
@@ -17,8 +19,9 @@ use crate::google::CredentialError;
 use crate::net::{default_port, normalize_host, request_authority, stream_body, ProxyBody};
 use crate::ops::audit::Record;
 use crate::ops::observe::{self, CountedIn};
-use crate::policy::clients::ClientId;
+use crate::policy::clients::{ClientId, Presented};
 use crate::policy::inject::{self, Outcome};
+use crate::policy::normalize;
 use crate::policy::routes::Action;
 use crate::proxy::idle::InFlight;
 use crate::proxy::upstream::{Sticky, Upstream};
@@ -34,9 +37,13 @@ pub(crate) struct Target {
     pub host: Arc<str>,
     /// The port the client asked for.
     pub port: u16,
-    /// `host` or `host:port` (port only when not the scheme's default),
-    /// the authority of the upstream URI.
+    /// `host` or `host:port` (port only when not the scheme's default):
+    /// what `Host` says upstream.
     pub authority: Authority,
+    /// Where the upstream connection goes: `authority` (TLS verifies the
+    /// name), or for plain `http://` the address the egress check passed,
+    /// so that DNS cannot answer differently at connect time.
+    pub dial: Authority,
 }
 
 impl Target {
@@ -57,8 +64,18 @@ impl Target {
             scheme,
             host: host.into(),
             port,
+            dial: authority.clone(),
             authority,
         })
+    }
+
+    /// The same target, connected to exactly `addr`.
+    pub fn pinned(mut self, addr: SocketAddr) -> Result<Target, String> {
+        self.dial = addr
+            .to_string()
+            .parse::<Authority>()
+            .map_err(|_| format!("`{addr}` is not a valid address"))?;
+        Ok(self)
     }
 
     /// Whether an authority the client sent (`Host` or `:authority`) names
@@ -109,8 +126,14 @@ pub(crate) struct Origin {
     pub sticky: Sticky,
     /// The client's address.
     pub client: SocketAddr,
-    /// The `[[client]]` it was attributed to, if clients are configured.
+    /// The `[[client]]` it was attributed to when the connection opened;
+    /// every request is identified again against the current policy.
     pub client_id: Option<ClientId>,
+    /// What the client presented to be identified (a digest, no secret).
+    pub presented: Presented,
+    /// Cancelled to close the connection after the current response (a
+    /// client the current policy no longer admits).
+    pub closing: CancellationToken,
     /// The target every request on this connection goes to.
     pub target: Target,
     /// Set when the TLS SNI named another host than the CONNECT authority:
@@ -122,20 +145,18 @@ impl Origin {
     pub fn new(
         upstream: Arc<Upstream>,
         client: SocketAddr,
-        client_id: Option<ClientId>,
+        (client_id, presented): (Option<ClientId>, Presented),
         target: Target,
         misdirected_sni: Option<String>,
     ) -> Origin {
-        let sticky = Sticky::new(
-            upstream.idle(),
-            target.scheme.clone(),
-            target.authority.clone(),
-        );
+        let sticky = Sticky::new(upstream.idle(), target.scheme.clone(), target.dial.clone());
         Origin {
             upstream,
             sticky,
             client,
             client_id,
+            presented,
+            closing: CancellationToken::new(),
             target,
             misdirected_sni,
         }
@@ -190,18 +211,22 @@ async fn route_and_forward(
             ),
         );
     }
+    // One Host: the upstream must act on the host the route was chosen
+    // for, so a second `Host` (which some servers read instead of the
+    // first) is refused, and every authority the request names must agree.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first_host = hosts.next();
+    if hosts.next().is_some() {
+        return reply::error_for(
+            is_grpc,
+            StatusCode::BAD_REQUEST,
+            "request has more than one Host header",
+        );
+    }
+    let host_header = first_host.map(|h| h.to_str().unwrap_or("\u{fffd}"));
     match request_authority(&req) {
         Some(sent) if target.agrees_with(sent) => {}
-        Some(sent) => {
-            return reply::error_for(
-                is_grpc,
-                StatusCode::MISDIRECTED_REQUEST,
-                &format!(
-                    "request names host `{sent}` but this connection is for `{}`; send requests for another host through their own CONNECT",
-                    target.authority
-                ),
-            );
-        }
+        Some(sent) => return misdirected(is_grpc, sent, target),
         None if req.version() == Version::HTTP_10 => {}
         None => {
             return reply::error_for(
@@ -210,6 +235,10 @@ async fn route_and_forward(
                 "request has no Host header",
             );
         }
+    }
+    // An HTTP/2 `:authority` and a `Host` header that say different things.
+    if let Some(h) = host_header.filter(|h| !target.agrees_with(h)) {
+        return misdirected(is_grpc, h, target);
     }
     if req.method() == Method::CONNECT {
         return reply::error_for(
@@ -221,22 +250,81 @@ async fn route_and_forward(
 
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
+    // What the upstream will act on: the effective method and the
+    // normalised path. The route is chosen on these, and the normalised
+    // path is what is forwarded.
+    let method = match normalize::method(&parts.method, &parts.headers) {
+        Ok(m) => m,
+        Err(e) => return reply::error_for(is_grpc, StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let path = match normalize::path(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return reply::error_for(is_grpc, StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let normalised = match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            match PathAndQuery::from_maybe_shared(pq) {
+                Ok(pq) => Some(pq),
+                Err(_) => {
+                    return reply::error_for(
+                        is_grpc,
+                        StatusCode::BAD_REQUEST,
+                        "invalid request target",
+                    )
+                }
+            }
+        }
+    };
+    if let Some(pq) = &normalised {
+        record.path = Some(pq.clone());
+    }
+    let path = normalised
+        .as_ref()
+        .map_or_else(|| parts.uri.path(), |pq| pq.path());
+    // Hop-by-hop headers go before the credential goes on: a client's
+    // `Connection: authorization` must not remove what the proxy adds.
+    strip_hop_by_hop(&mut parts.headers);
     let decision = {
         let policy = shared.control.policy();
-        let client = origin.client_id.as_ref().map(|c| c.index);
-        let Some(route) =
-            policy
-                .routes
-                .find_for(&target.host, &parts.method, parts.uri.path(), client)
-        else {
+        // The client, again, against the policy in force now.
+        let client = match policy.clients.reidentify(
+            origin.client_id.as_ref(),
+            origin.client.ip(),
+            &origin.presented,
+        ) {
+            Ok(c) => c,
+            Err(refusal) => {
+                origin.closing.cancel();
+                let mut resp = reply::proxy_auth_required(refusal);
+                if client_version < Version::HTTP_2 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp;
+            }
+        };
+        let Some(route) = policy.routes.find_for(
+            &target.host,
+            &method,
+            path,
+            client.as_ref().map(|c| c.index),
+        ) else {
+            let batch = if normalize::is_batch(path) {
+                "; a batch request carries inner requests the proxy does not see, so it matches only a route whose path_prefix names /batch when a route for this host restricts path_prefix or methods"
+            } else {
+                ""
+            };
             return reply::error_for(
                 is_grpc,
                 StatusCode::FORBIDDEN,
                 &format!(
-                    "no [[route]] matches {} {}{}; add a route for it (action = \"passthrough\" to forward it untouched)",
-                    parts.method,
+                    "no [[route]] matches {method} {}{path}; add a route for it (action = \"passthrough\" to forward it untouched){batch}",
                     target.host,
-                    parts.uri.path()
                 ),
             );
         };
@@ -261,11 +349,8 @@ async fn route_and_forward(
                     is_grpc,
                     StatusCode::FORBIDDEN,
                     &format!(
-                        "denied by route \"{}\" ({} {}{})",
-                        route.name,
-                        parts.method,
-                        target.host,
-                        parts.uri.path()
+                        "denied by route \"{}\" ({method} {}{path})",
+                        route.name, target.host,
                     ),
                 )),
                 Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
@@ -302,14 +387,12 @@ async fn route_and_forward(
         },
     }
 
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
+    let path = normalised
+        .or_else(|| parts.uri.path_and_query().cloned())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = Uri::builder()
         .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
+        .authority(target.dial.clone())
         .path_and_query(path)
         .build();
     let Ok(uri) = uri else {
@@ -319,11 +402,12 @@ async fn route_and_forward(
     // The upstream protocol is chosen by ALPN on the upstream connection;
     // hyper's client refuses an HTTP/2-versioned request on HTTP/1.1.
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(host) = parts.headers.get_mut(header::HOST) {
-        // Normalized to the authority we connect to (case, trailing dot).
+    // Normalized to the target's authority (case, trailing dot), and set
+    // when an HTTP/1.0 request had none: the upstream acts on this one.
+    // (HTTP/2 carries it as `:authority`, from the URI.)
+    if client_version < Version::HTTP_2 || parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
-            *host = v;
+            parts.headers.insert(header::HOST, v);
         }
     }
 
@@ -355,6 +439,18 @@ async fn route_and_forward(
             )
         }
     }
+}
+
+/// The 421 for a request that names another host than its connection's.
+fn misdirected(is_grpc: bool, sent: &str, target: &Target) -> Response<ProxyBody> {
+    reply::error_for(
+        is_grpc,
+        StatusCode::MISDIRECTED_REQUEST,
+        &format!(
+            "request names host `{sent}` but this connection is for `{}`; send requests for another host through their own CONNECT",
+            target.authority
+        ),
+    )
 }
 
 /// The 503 for a route whose token cannot be had: names the route, the

@@ -19,7 +19,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::config::OtherHosts;
 use crate::net::{full_body, is_dns_name, normalize_host, ProxyBody};
 use crate::ops::audit::AuditAction;
-use crate::policy::clients::ClientId;
+use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
 use crate::proxy::idle::{ActiveIo, Activity, Expired};
 use crate::proxy::request::{self, Origin, Target};
@@ -42,7 +42,7 @@ pub(crate) async fn connect(
     shared: Arc<DataPlane>,
     policy: &Policy,
     peer: SocketAddr,
-    client: Option<ClientId>,
+    client: (Option<ClientId>, Presented),
     permit: ConnPermit,
     upstream: Arc<Upstream>,
     mut req: Request<Incoming>,
@@ -182,7 +182,7 @@ fn shorten(s: &str) -> String {
 async fn intercept(
     shared: Arc<DataPlane>,
     peer: SocketAddr,
-    client_id: Option<ClientId>,
+    client_id: (Option<ClientId>, Presented),
     target: Target,
     upstream: Arc<Upstream>,
     upgraded: Upgraded,
@@ -236,6 +236,7 @@ async fn intercept(
         target,
         misdirected_sni,
     ));
+    let closing = origin.closing.clone();
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();
@@ -258,6 +259,11 @@ async fn intercept(
                 conn.await
             }
             _ = activity.watch(idle, None) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            // The client is no longer admitted: GOAWAY after the 407.
+            _ = closing.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -289,25 +295,44 @@ async fn intercept(
     }
 }
 
-enum Dial {
+pub(crate) enum Dial {
     /// Egress policy says no.
     Refused(String),
     /// The connection could not be made.
     Failed(std::io::Error),
 }
 
-/// Opens the TCP connection for a spliced tunnel, through the same
-/// `[upstream.resolve]` map as every other outbound connection. The policy
-/// is decided on the resolved addresses, and the connection goes to exactly
-/// those addresses, so DNS cannot smuggle in a private target.
+/// Opens the TCP connection for a spliced tunnel to exactly the addresses
+/// [`resolve_for_egress`] passed.
 async fn dial(
     shared: &DataPlane,
     policy: &Policy,
     host: &str,
     port: u16,
 ) -> Result<TcpStream, Dial> {
+    let addrs = resolve_for_egress(shared, policy, host, port).await?;
+    let connect = TcpStream::connect(&addrs[..]);
+    match tokio::time::timeout(shared.upstream.connect_timeout(), connect).await {
+        Ok(r) => r.map_err(Dial::Failed),
+        Err(_) => Err(Dial::Failed(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ))),
+    }
+}
+
+/// The addresses a connection to `host:port` may go to, through the same
+/// `[upstream.resolve]` map as every other outbound connection (a mapped
+/// host goes to its mapped address, whatever port was asked for). The
+/// policy is decided on the resolved addresses, and the caller connects to
+/// exactly those, so DNS cannot smuggle in a private target.
+pub(crate) async fn resolve_for_egress(
+    shared: &DataPlane,
+    policy: &Policy,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Dial> {
     let literal = host.parse::<IpAddr>().ok();
-    let connect_timeout = shared.upstream.connect_timeout();
     if literal.is_some() && !policy.egress.allow_ip_literals {
         return Err(Dial::Refused(format!(
             "CONNECT to the IP address {host} is refused; use a host name, or set [intercept] allow_ip_literals = true"
@@ -318,7 +343,8 @@ async fn dial(
     } else if let Some(ip) = literal {
         vec![SocketAddr::new(ip, port)]
     } else {
-        match tokio::time::timeout(connect_timeout, tokio::net::lookup_host((host, port))).await {
+        let lookup = tokio::net::lookup_host((host, port));
+        match tokio::time::timeout(shared.upstream.connect_timeout(), lookup).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => return Err(Dial::Failed(e)),
             Err(_) => {
@@ -329,20 +355,19 @@ async fn dial(
             }
         }
     };
+    if addrs.is_empty() {
+        return Err(Dial::Failed(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name has no address",
+        )));
+    }
     if let Some(bad) = addrs.iter().find(|a| !policy.egress.allows(a.ip())) {
         return Err(Dial::Refused(format!(
-            "{host} resolves to {}, a private, loopback or link-local address; tunnels to those are refused unless listed in [intercept] allow_private",
+            "{host} resolves to {}, a private, loopback or link-local address; connections to those are refused unless listed in [intercept] allow_private",
             bad.ip()
         )));
     }
-    let connect = TcpStream::connect(&addrs[..]);
-    match tokio::time::timeout(connect_timeout, connect).await {
-        Ok(r) => r.map_err(Dial::Failed),
-        Err(_) => Err(Dial::Failed(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ))),
-    }
+    Ok(addrs)
 }
 
 async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
