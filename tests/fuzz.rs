@@ -10,7 +10,13 @@
 //! FUZZ_SEED=7 FUZZ_ITERS=200000 cargo test --release --test fuzz -- --nocapture
 //! ```
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -19,9 +25,11 @@ use std::time::{Duration, Instant};
 
 use impersonate_proxy::config::ConfigError;
 use impersonate_proxy::Config;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use client::*;
+use proxy::*;
 
 fn iterations() -> usize {
     std::env::var("FUZZ_ITERS")

@@ -2,7 +2,13 @@
 //! warm slots, reload (SIGHUP and POST /reload) that keeps in-flight
 //! requests and unchanged slots, and SIGTERM that drains.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,7 +18,11 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
+
+use client::*;
+use proxy::*;
 use support::*;
+use upstream::*;
 
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
 const LATE: &str = "late@emulator-project.iam.gserviceaccount.com";

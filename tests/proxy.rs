@@ -1,16 +1,25 @@
 //! The intercepting proxy end to end: real TCP, real TLS, HTTP/1.1 and
 //! HTTP/2, against a local upstream reached through `[upstream.resolve]`.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use impersonate_proxy::forward::BoxError;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use client::*;
+use proxy::*;
+use upstream::*;
 
 const HOST: &str = "storage.googleapis.com";
 

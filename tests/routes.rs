@@ -1,10 +1,20 @@
 //! Routes and injection through the proxy against the emulator, over
 //! HTTP/1.1 and HTTP/2: the upstream sees the route's target principal.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use http::StatusCode;
+
+use client::*;
+use proxy::*;
 use support::*;
+use upstream::*;
 
 const STORAGE: &str = "storage.googleapis.com";
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
