@@ -87,7 +87,8 @@ async fn list_bucket(
 
 #[tokio::test]
 async fn placeholder_token_is_replaced_and_never_reaches_upstream() {
-    let audit = tempdir("metadata-audit").join("audit.jsonl");
+    let audit_dir = tempdir("metadata-audit");
+    let audit = audit_dir.join("audit.jsonl");
     let w = emu_world(
         "metadata-placeholder",
         &format!(

@@ -88,7 +88,7 @@ warm = true
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let cfg = impersonate_proxy::Config::load(&path).unwrap();
-    let proxy = start_proxy(cfg, dir.clone()).await;
+    let proxy = start_proxy(cfg, dir).await;
     let admin = proxy.admin.expect("admin endpoint bound");
 
     // The warm slot cannot mint (no grant yet): not ready, and it says why.
@@ -213,7 +213,8 @@ impl Running {
     }
 }
 
-fn run_binary(dir: &Path, config: &Path) -> Running {
+/// Runs the binary on `config`, which lives in `dir`; the proxy holds `dir`.
+fn run_binary(dir: TempDir, config: &Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
         .args(["run", "--config"])
         .arg(config)
@@ -249,7 +250,7 @@ fn run_binary(dir: &Path, config: &Path) -> Running {
             addr: proxy.unwrap(),
             admin,
             ca_pem: dir.join("certs/ca.pem"),
-            dir: dir.to_owned(),
+            _dir: dir,
             shutdown: None,
             done: None,
         },
@@ -260,7 +261,7 @@ fn run_binary(dir: &Path, config: &Path) -> Running {
 
 /// An emulator, a slow upstream for `slow.googleapis.com`, and a config
 /// file using both; `routes` is appended.
-async fn setup(name: &str, routes: &str) -> (Emulator, PathBuf, PathBuf, String) {
+async fn setup(name: &str, routes: &str) -> (Emulator, TempDir, PathBuf, String) {
     let dir = tempdir(name);
     let emu = Emulator::start(EmulatorOptions {
         dir: Some(dir.join("emu")),
@@ -331,7 +332,7 @@ async fn storage_status(proxy: &TestProxy, path: &str) -> u16 {
 #[tokio::test]
 async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
     let (emu, dir, path, base) = setup("operate-reload", READ_ROUTE).await;
-    let mut run = run_binary(&dir, &path);
+    let mut run = run_binary(dir, &path);
     assert_eq!(
         storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
         200
@@ -407,7 +408,7 @@ async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
 #[tokio::test]
 async fn sigterm_drains_a_ten_second_stream_then_exits_0() {
     let (_emu, dir, path, _) = setup("operate-drain", "").await;
-    let mut run = run_binary(&dir, &path);
+    let mut run = run_binary(dir, &path);
     let mut slow = client(&run.proxy, SLOW, true).await;
     let resp = slow.send(for_version(get(SLOW, "/slow/100"), true)).await;
     assert_eq!(resp.status(), 200);

@@ -1,4 +1,5 @@
-//! Helpers every behaviour test may need: a fresh temp directory.
+//! Helpers every behaviour test may need: a directory that is removed when
+//! the test ends.
 //!
 //! The larger helpers sit beside this file, one concern each, and a test
 //! binary mounts the ones it uses under these names, which is how they
@@ -19,11 +20,17 @@
 //! reach carries its own `#[allow(dead_code)]`; what it calls counts as
 //! used, so only such entry points carry one.
 
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A fresh directory under the system temp dir.
-pub fn tempdir(name: &str) -> PathBuf {
+/// A fresh directory under the system temp dir, removed with everything in
+/// it when dropped. Whatever uses the directory holds it (the proxy, the
+/// world, the test), so a test leaves nothing behind, passed or failed.
+pub struct TempDir(PathBuf);
+
+/// A fresh, empty [`TempDir`] whose name starts with `name`.
+pub fn tempdir(name: &str) -> TempDir {
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
         "ip-test-{name}-{}-{}",
@@ -32,5 +39,21 @@ pub fn tempdir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+impl Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort: this also runs while a failed test unwinds, where a
+        // second panic would abort the whole test binary.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

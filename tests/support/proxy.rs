@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use impersonate_proxy::{Config, Proxy};
 
-use crate::support::tempdir;
+use crate::support::{tempdir, TempDir};
 use crate::upstream::{start_upstream, upstream_certs, Seen};
 
 /// A running proxy for tests: in this process (from [`start_proxy`]) or a
@@ -18,7 +18,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub ca_pem: PathBuf,
-    pub dir: PathBuf,
+    /// The proxy's config and CA, removed when the proxy is dropped.
+    pub _dir: TempDir,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -36,12 +37,12 @@ impl TestProxy {
 
 /// Writes a CA into a fresh dir and returns a config using it, with the
 /// listener on an ephemeral loopback port. `extra` is appended TOML.
-pub fn config_with_ca(name: &str, extra: &str) -> (Config, PathBuf) {
+pub fn config_with_ca(name: &str, extra: &str) -> (Config, TempDir) {
     config_with_proxy_keys(name, "", extra)
 }
 
 /// [`config_with_ca`] with more `[proxy]` keys (TOML lines).
-fn config_with_proxy_keys(name: &str, proxy_keys: &str, extra: &str) -> (Config, PathBuf) {
+fn config_with_proxy_keys(name: &str, proxy_keys: &str, extra: &str) -> (Config, TempDir) {
     let dir = tempdir(name);
     impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
     let text = format!(
@@ -52,8 +53,9 @@ fn config_with_proxy_keys(name: &str, proxy_keys: &str, extra: &str) -> (Config,
     (Config::load(&path).unwrap(), dir)
 }
 
-/// Starts `cfg` in this process; `dir` holds its config.
-pub async fn start_proxy(cfg: Config, dir: PathBuf) -> TestProxy {
+/// Starts `cfg` in this process; the proxy holds `dir` (its config) from
+/// now on.
+pub async fn start_proxy(cfg: Config, dir: TempDir) -> TestProxy {
     let proxy = Proxy::bind(&cfg).await.unwrap();
     let addr = proxy.local_addr();
     let admin = proxy.admin_addr();
@@ -65,7 +67,7 @@ pub async fn start_proxy(cfg: Config, dir: PathBuf) -> TestProxy {
         addr,
         admin,
         ca_pem: cfg.ca.cert.clone(),
-        dir,
+        _dir: dir,
         shutdown: Some(tx),
         done: Some(done),
     }
@@ -83,6 +85,8 @@ pub const PASSTHROUGH_ALL: &str =
 pub struct World {
     pub proxy: TestProxy,
     pub seen: Arc<Seen>,
+    /// The upstream's CA and certificate.
+    _certs: TempDir,
 }
 
 /// A [`World`] whose config gets `extra` (TOML) appended.
@@ -93,8 +97,11 @@ pub async fn world(name: &str, extra: &str) -> World {
 
 /// [`world`] with more `[proxy]` and `[upstream]` keys (TOML lines).
 pub async fn world_with(name: &str, proxy_keys: &str, upstream_keys: &str, extra: &str) -> World {
-    let dir = tempdir(&format!("{name}-up"));
-    let certs = upstream_certs(&dir, &["storage.googleapis.com", "other.googleapis.com"]);
+    let certs_dir = tempdir(&format!("{name}-up"));
+    let certs = upstream_certs(
+        &certs_dir,
+        &["storage.googleapis.com", "other.googleapis.com"],
+    );
     let (upstream, seen) = start_upstream(Some(certs.server)).await;
     let toml = format!(
         "[upstream]\nextra_ca = [\"{}\"]\nresponse_timeout = \"5s\"\n{upstream_keys}\n[upstream.resolve]\n\"storage.googleapis.com\" = \"{upstream}\"\n\"other.googleapis.com\" = \"{upstream}\"\n{extra}\n{PASSTHROUGH_ALL}",
@@ -102,7 +109,11 @@ pub async fn world_with(name: &str, proxy_keys: &str, upstream_keys: &str, extra
     );
     let (cfg, dir) = config_with_proxy_keys(name, proxy_keys, &toml);
     let proxy = start_proxy(cfg, dir).await;
-    World { proxy, seen }
+    World {
+        proxy,
+        seen,
+        _certs: certs_dir,
+    }
 }
 
 /// The source identity in emulator worlds.
@@ -131,6 +142,8 @@ pub fn emulator_upstream_toml(
 pub struct EmuWorld {
     pub emu: impersonate_proxy::emulator::Emulator,
     pub proxy: TestProxy,
+    /// The emulator's CA and the source key.
+    _emu_dir: TempDir,
 }
 
 /// An [`EmuWorld`]: the emulator, and a proxy configured for it with
@@ -140,7 +153,7 @@ pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorl
     let dir = tempdir(&format!("{name}-emu"));
     let emu = impersonate_proxy::emulator::Emulator::start(
         impersonate_proxy::emulator::EmulatorOptions {
-            dir: Some(dir.clone()),
+            dir: Some(dir.to_path_buf()),
             ..Default::default()
         },
     )
@@ -152,9 +165,13 @@ pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorl
         key.display(),
         emulator_upstream_toml(&emu, extra_resolve)
     );
-    let (cfg, dir) = config_with_ca(name, &toml);
-    let proxy = start_proxy(cfg, dir).await;
-    EmuWorld { emu, proxy }
+    let (cfg, config_dir) = config_with_ca(name, &toml);
+    let proxy = start_proxy(cfg, config_dir).await;
+    EmuWorld {
+        emu,
+        proxy,
+        _emu_dir: dir,
+    }
 }
 
 /// A file holding `value`, readable by its owner only (as password files
