@@ -21,7 +21,7 @@ use impersonate_proxy::google::{
 };
 use impersonate_proxy::tokens::{Registry, SlotStatus, Unavailable};
 
-use support::{tempdir, TempDir};
+use support::{eventually, tempdir, TempDir};
 
 const SOURCE_SA: &str = "caller@emulator-project.iam.gserviceaccount.com";
 const TARGET: &str = "reader@emulator-project.iam.gserviceaccount.com";
@@ -378,6 +378,8 @@ async fn short_tokens_are_refreshed_before_expiry_without_a_gap() {
     slot.get().await.unwrap();
     let mut seen: Vec<String> = Vec::new();
     let until = tokio::time::Instant::now() + lifetime * 2 + Duration::from_millis(500);
+    // Sampled all through the window, not waited for: a gap between two
+    // tokens, however short, must show up as a failed load.
     while tokio::time::Instant::now() < until {
         let header = slot.load().unwrap_or_else(|e| panic!("gap: {e}"));
         let secret = secret_of(&header);
@@ -404,25 +406,25 @@ async fn an_iam_outage_serves_the_cached_token_then_reports_the_error() {
     let cached = secret_of(&slot.get().await.unwrap());
     let minted_at = tokio::time::Instant::now();
     emu.set_outage(true);
-    // Until the token's own expiry, readers keep getting it.
+    // Until the token's own expiry, readers keep getting it (sampled all
+    // through that time).
     while minted_at.elapsed() < lifetime - Duration::from_millis(300) {
         assert_eq!(secret_of(&slot.load().unwrap()), cached);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // After it, the slot fails closed with the cause.
     // After it, the slot fails closed with the cause (once the refresh that
     // was in flight at expiry has failed too).
-    let deadline = minted_at + lifetime * 3;
-    while !matches!(
-        slot.last_error().as_deref(),
-        Some(CredentialError::Expired { cause: Some(_), .. })
-    ) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never expired: {slot:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let expired = eventually(
+        (minted_at + lifetime * 3).saturating_duration_since(tokio::time::Instant::now()),
+        || async {
+            matches!(
+                slot.last_error().as_deref(),
+                Some(CredentialError::Expired { cause: Some(_), .. })
+            )
+        },
+    )
+    .await;
+    assert!(expired, "never expired: {slot:?}");
     assert_eq!(slot.status(), SlotStatus::Expired);
     match slot.load() {
         Err(Unavailable::Failed(e)) => {
@@ -439,11 +441,8 @@ async fn an_iam_outage_serves_the_cached_token_then_reports_the_error() {
     assert!(emu.counters().get("generateAccessToken", TARGET) > 1);
     // When IAM is back, the slot recovers on its own.
     emu.set_outage(false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while slot.load().is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let recovered = eventually(Duration::from_secs(10), || async { slot.load().is_ok() }).await;
+    assert!(recovered, "never recovered");
 }
 
 #[tokio::test]

@@ -225,14 +225,12 @@ async fn the_audit_line_has_the_fields_and_no_token() {
     let (status, _) = call(&w, true, "GET", "/storage/v1/b/secret/o", None).await;
     assert_eq!(status, 403);
     // Records are written when the response body ends, by a writer thread.
-    let mut text = String::new();
-    for _ in 0..50 {
-        text = std::fs::read_to_string(&audit.path).unwrap_or_default();
-        if text.lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(std::time::Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&audit.path).unwrap_or_default();
+        text.lines().count() >= 2
+    })
+    .await;
+    let text = std::fs::read_to_string(&audit.path).unwrap_or_default();
     let lines: Vec<serde_json::Value> = text.lines().map(json).collect();
     assert_eq!(lines.len(), 2, "{text}");
     let ok = &lines[0];

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -103,6 +104,16 @@ impl Sender {
             Sender::H2(s) => s.send_request(req).await.unwrap(),
         }
     }
+
+    /// Whether the connection is closed: looking does not send anything,
+    /// so it does not keep an idle connection busy either.
+    #[allow(dead_code)]
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
 }
 
 #[allow(dead_code)]
@@ -147,6 +158,19 @@ pub fn for_version(mut req: Request<ProxyBody>, h2: bool) -> Request<ProxyBody> 
         req.headers_mut().remove("host");
     }
     req
+}
+
+/// Reads `resp`'s body to its end and returns its length; `read` counts
+/// the bytes as they arrive, so that a test can wait until a body flows.
+#[allow(dead_code)]
+pub async fn count_body(resp: Response<Incoming>, read: Arc<AtomicUsize>) -> usize {
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            read.fetch_add(d.len(), Ordering::Relaxed);
+        }
+    }
+    read.load(Ordering::Relaxed)
 }
 
 #[allow(dead_code)]

@@ -1,5 +1,5 @@
 //! Helpers every behaviour test may need: a directory that is removed when
-//! the test ends.
+//! the test ends, and waiting for a condition under a deadline.
 //!
 //! The larger helpers sit beside this file, one concern each, and a test
 //! binary mounts the ones it uses under these names, which is how they
@@ -20,9 +20,11 @@
 //! reach carries its own `#[allow(dead_code)]`; what it calls counts as
 //! used, so only such entry points carry one.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A fresh directory under the system temp dir, removed with everything in
 /// it when dropped. Whatever uses the directory holds it (the proxy, the
@@ -55,5 +57,30 @@ impl Drop for TempDir {
         // Best effort: this also runs while a failed test unwinds, where a
         // second panic would abort the whole test binary.
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How often [`eventually`] evaluates its condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Evaluates `condition` until it holds or `within` has passed, and says
+/// whether it held. Tests wait for the state they need this way, not with a
+/// sleep that is long enough only on a quiet machine: a slow run takes
+/// longer instead of failing, a fast one does not wait. An evaluation still
+/// pending at the deadline counts as "did not hold".
+#[allow(dead_code)] // only some binaries wait for a condition
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, condition()).await {
+            Ok(true) => return true,
+            Ok(false) if tokio::time::Instant::now() < deadline => {}
+            Ok(false) | Err(_) => return false,
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
