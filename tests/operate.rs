@@ -177,11 +177,19 @@ warm = true
 }
 
 /// The release-style binary as a child, with its proxy and admin addresses.
+/// The child is killed if a test fails before it has exited.
 struct Running {
     child: Child,
     proxy: TestProxy,
     admin: SocketAddr,
     logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Running {
