@@ -3,18 +3,27 @@
 //! never goes anywhere its route did not name. Each test here is a bypass
 //! that worked before the rule was enforced.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use client::*;
 use http::header::{AUTHORIZATION, CONNECTION, HOST};
 use http::{HeaderValue, Method, StatusCode};
 use impersonate_proxy::{Config, Proxy};
+use proxy::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use upstream::*;
 
 const STORAGE: &str = "storage.googleapis.com";
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
@@ -304,10 +313,7 @@ fn wildcard_token_routes_outside_googleapis_are_config_errors() {
 }
 
 /// A proxy serving `path`'s config, with a handle to reload it.
-async fn reloadable(
-    cfg: Config,
-    dir: std::path::PathBuf,
-) -> (TestProxy, impersonate_proxy::Reloader) {
+async fn reloadable(cfg: Config, dir: TempDir) -> (TestProxy, impersonate_proxy::Reloader) {
     let proxy = Proxy::bind(&cfg)
         .await
         .unwrap()
@@ -327,7 +333,7 @@ async fn reloadable(
         addr,
         admin: None,
         ca_pem: cfg.ca.cert.clone(),
-        dir,
+        _dir: dir,
         shutdown: Some(tx),
         done: Some(done),
     };
@@ -344,7 +350,7 @@ async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
     let dir = tempdir("bypass-reorder-emu");
     let emu = impersonate_proxy::emulator::Emulator::start(
         impersonate_proxy::emulator::EmulatorOptions {
-            dir: Some(dir.clone()),
+            dir: Some(dir.to_path_buf()),
             ..Default::default()
         },
     )
@@ -372,8 +378,9 @@ async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
         emulator_upstream_toml(&emu, "")
     );
     let (cfg, cdir) = config_with_ca("bypass-reorder", &format!("{head}{alice}{bob}{routes}"));
-    let text = std::fs::read_to_string(cdir.join("proxy.toml")).unwrap();
-    let (proxy, reloader) = reloadable(cfg, cdir.clone()).await;
+    let config = cdir.join("proxy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (proxy, reloader) = reloadable(cfg, cdir).await;
 
     let mut c = client_with(&proxy, STORAGE, false, &basic("bob", "bob-secret")).await;
     let principal = |resp: http::Response<hyper::body::Incoming>| async move {
@@ -391,7 +398,7 @@ async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
     // The same entries, in the other order: bob is entry 0 now.
     let reordered = text.replace(&format!("{alice}{bob}"), &format!("{bob}{alice}"));
     assert_ne!(reordered, text);
-    std::fs::write(cdir.join("proxy.toml"), &reordered).unwrap();
+    std::fs::write(&config, &reordered).unwrap();
     reloader.reload().unwrap();
     let resp = c.send(get(STORAGE, "/storage/v1/b/data/o")).await;
     assert_eq!(principal(resp).await, READER, "bob got alice's token");
@@ -399,11 +406,7 @@ async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
     // Bob removed: his tunnel gets 407 and is closed.
     let bob_route = format!("[[route]]\nname = \"bob-reader\"\nhosts = [\"storage.googleapis.com\"]\nclients = [\"bob\"]\nimpersonate = \"{READER}\"\n");
     assert!(text.contains(&bob_route));
-    std::fs::write(
-        cdir.join("proxy.toml"),
-        text.replace(&bob, "").replace(&bob_route, ""),
-    )
-    .unwrap();
+    std::fs::write(&config, text.replace(&bob, "").replace(&bob_route, "")).unwrap();
     reloader.reload().unwrap();
     let resp = c.send(get(STORAGE, "/storage/v1/b/data/o")).await;
     assert_eq!(resp.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);

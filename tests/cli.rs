@@ -1,6 +1,10 @@
 //! The command line as a user runs it: exit codes, messages, files.
 
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -95,7 +99,7 @@ fn run_without_a_ca_says_how_to_create_one() {
 #[test]
 fn run_refuses_a_world_readable_ca_key() {
     use std::os::unix::fs::PermissionsExt;
-    let (_, dir) = support::config_with_ca("cli-perm", "");
+    let (_, dir) = proxy::config_with_ca("cli-perm", "");
     let key = dir.join("certs/ca-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = bin()
@@ -111,7 +115,7 @@ fn run_refuses_a_world_readable_ca_key() {
 #[cfg(unix)]
 #[test]
 fn run_serves_until_sigterm_then_exits_0() {
-    let (_, dir) = support::config_with_ca("cli-run", "");
+    let (_, dir) = proxy::config_with_ca("cli-run", "");
     let mut child = bin()
         .args(["run", "--config"])
         .arg(dir.join("proxy.toml"))

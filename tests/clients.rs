@@ -1,8 +1,15 @@
 //! Real clients through the proxy: curl over HTTP/1.1 and HTTP/2.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
-use support::*;
+use client::*;
+use proxy::*;
 
 async fn curl(proxy: &TestProxy, extra: &[&str], url: &str) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new("curl");

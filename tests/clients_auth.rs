@@ -1,22 +1,20 @@
 //! Who may use the proxy: `[[client]]` by address and Basic credentials,
 //! 407 for everyone else, and the refusal to listen openly by accident.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-fn password_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, value).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    p
-}
+use client::*;
+use proxy::*;
+use support::*;
 
 async fn curl(proxy: &TestProxy, proxy_url: &str) -> (String, String) {
     let out = tokio::process::Command::new("curl")
@@ -44,7 +42,7 @@ async fn curl(proxy: &TestProxy, proxy_url: &str) -> (String, String) {
 #[tokio::test]
 async fn basic_credentials_admit_a_client_and_everyone_else_gets_407() {
     let dir = tempdir("auth-pw");
-    let pw = password_file(&dir, "batch.pw", "correct horse\n");
+    let pw = owner_only_file(&dir, "batch.pw", "correct horse\n");
     let w = world(
         "auth",
         &format!(
@@ -112,7 +110,7 @@ fn a_non_loopback_listener_needs_clients_or_an_explicit_opt_in() {
 #[tokio::test]
 async fn routes_select_by_client() {
     let dir = tempdir("auth-routes");
-    let pw = password_file(&dir, "batch.pw", "s3cret");
+    let pw = owner_only_file(&dir, "batch.pw", "s3cret");
     let w = world(
         "auth-routes",
         &format!(

@@ -4,8 +4,10 @@
 //! and TLS, configured the way a user configures the proxy (`[upstream]`
 //! resolve + extra_ca, the key's `token_uri`, `GCE_METADATA_HOST`).
 
+mod support;
+
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,30 +22,37 @@ use impersonate_proxy::google::{
 };
 use impersonate_proxy::net::{full_body, Outbound};
 
+use support::{eventually, tempdir, TempDir};
+
 const SOURCE_SA: &str = "caller@emulator-project.iam.gserviceaccount.com";
 const TARGET: &str = "reader@emulator-project.iam.gserviceaccount.com";
 const DENIED: &str =
     "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).";
 
-fn tmpdir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ip-credentials-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// An emulator and its directory (its CA), removed when dropped.
+struct Emu {
+    emu: Emulator,
+    _dir: TempDir,
 }
 
-async fn emulator(lifetime: Option<Duration>) -> Emulator {
-    Emulator::start(EmulatorOptions {
-        dir: Some(tmpdir("emu")),
+impl Deref for Emu {
+    type Target = Emulator;
+
+    fn deref(&self) -> &Emulator {
+        &self.emu
+    }
+}
+
+async fn emulator(lifetime: Option<Duration>) -> Emu {
+    let dir = tempdir("credentials-emu");
+    let emu = Emulator::start(EmulatorOptions {
+        dir: Some(dir.to_path_buf()),
         token_lifetime: lifetime,
         ..EmulatorOptions::default()
     })
     .await
-    .unwrap()
+    .unwrap();
+    Emu { emu, _dir: dir }
 }
 
 fn config(emu: &Emulator, kind: SourceKind, file: Option<PathBuf>) -> Config {
@@ -60,9 +69,9 @@ fn config(emu: &Emulator, kind: SourceKind, file: Option<PathBuf>) -> Config {
 
 /// A minter whose source is a service account key for `SOURCE_SA`.
 fn sa_minter(emu: &Emulator) -> Minter {
-    let key = emu
-        .write_service_account_key(&tmpdir("key"), SOURCE_SA)
-        .unwrap();
+    // The minter reads the key here, so its directory can go at the end.
+    let dir = tempdir("credentials-key");
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     Minter::from_config(
         &config(emu, SourceKind::ServiceAccount, Some(key)),
         &AdcEnv::default(),
@@ -116,7 +125,7 @@ async fn service_account_key_source_mints_for_the_target() {
 #[tokio::test]
 async fn a_key_google_does_not_know_is_refused_with_its_message() {
     let emu = emulator(None).await;
-    let dir = tmpdir("forged");
+    let dir = tempdir("credentials-forged");
     let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     let text = std::fs::read_to_string(&key).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -138,7 +147,7 @@ async fn authorized_user_source_and_the_reauth_hint() {
     let emu = emulator(None).await;
     let user = "alice@example.com";
     emu.grant_token_creator(user, TARGET);
-    let dir = tmpdir("au");
+    let dir = tempdir("credentials-au");
     let file = emu.write_authorized_user(&dir, user).unwrap();
     let cfg = config(&emu, SourceKind::AuthorizedUser, Some(file.clone()));
     let minter = Minter::from_config(&cfg, &AdcEnv::default()).unwrap();
@@ -175,9 +184,10 @@ async fn metadata_source_via_gce_metadata_host_and_adc_fallback() {
     let emu = emulator(None).await;
     let vm = emu.metadata_account().to_owned();
     emu.grant_token_creator(&vm, TARGET);
+    let no_gcloud = tempdir("credentials-no-gcloud");
     let env = AdcEnv {
         gce_metadata_host: Some(emu.metadata_host()),
-        cloudsdk_config: Some(tmpdir("no-gcloud")),
+        cloudsdk_config: Some(no_gcloud.to_path_buf()),
         ..AdcEnv::default()
     };
     for kind in [SourceKind::Metadata, SourceKind::Adc] {
@@ -197,7 +207,8 @@ async fn access_token_source_reads_its_file() {
     let emu = emulator(None).await;
     emu.grant_token_creator(SOURCE_SA, TARGET);
     let source = sa_minter(&emu).source_token().await.unwrap();
-    let file = tmpdir("at").join("token.txt");
+    let dir = tempdir("credentials-at");
+    let file = dir.join("token.txt");
     std::fs::write(&file, format!("{}\n", source.expose_secret())).unwrap();
     let minter = Minter::from_config(
         &config(&emu, SourceKind::AccessToken, Some(file)),
@@ -217,7 +228,7 @@ async fn adc_impersonated_service_account_file_honours_its_delegates() {
     let user = "bob@example.com";
     let delegate = "hop@emulator-project.iam.gserviceaccount.com";
     let mid = "mid@emulator-project.iam.gserviceaccount.com";
-    let dir = tmpdir("adc-imp");
+    let dir = tempdir("credentials-adc-imp");
     let au = emu.write_authorized_user(&dir, user).unwrap();
     let au: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(au).unwrap()).unwrap();
@@ -227,14 +238,14 @@ async fn adc_impersonated_service_account_file_honours_its_delegates() {
         "delegates": [delegate],
         "source_credentials": au,
     });
-    let gcloud = tmpdir("gcloud");
+    let gcloud = tempdir("credentials-gcloud");
     std::fs::write(
         gcloud.join("application_default_credentials.json"),
         adc.to_string(),
     )
     .unwrap();
     let env = AdcEnv {
-        cloudsdk_config: Some(gcloud),
+        cloudsdk_config: Some(gcloud.to_path_buf()),
         ..AdcEnv::default()
     };
     let cfg = config(&emu, SourceKind::Adc, None);
@@ -368,6 +379,8 @@ async fn short_tokens_are_refreshed_before_expiry_without_a_gap() {
     slot.get().await.unwrap();
     let mut seen: Vec<String> = Vec::new();
     let until = tokio::time::Instant::now() + lifetime * 2 + Duration::from_millis(500);
+    // Sampled all through the window, not waited for: a gap between two
+    // tokens, however short, must show up as a failed load.
     while tokio::time::Instant::now() < until {
         let header = slot.load().unwrap_or_else(|e| panic!("gap: {e}"));
         let secret = secret_of(&header);
@@ -394,25 +407,25 @@ async fn an_iam_outage_serves_the_cached_token_then_reports_the_error() {
     let cached = secret_of(&slot.get().await.unwrap());
     let minted_at = tokio::time::Instant::now();
     emu.set_outage(true);
-    // Until the token's own expiry, readers keep getting it.
+    // Until the token's own expiry, readers keep getting it (sampled all
+    // through that time).
     while minted_at.elapsed() < lifetime - Duration::from_millis(300) {
         assert_eq!(secret_of(&slot.load().unwrap()), cached);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // After it, the slot fails closed with the cause.
     // After it, the slot fails closed with the cause (once the refresh that
     // was in flight at expiry has failed too).
-    let deadline = minted_at + lifetime * 3;
-    while !matches!(
-        slot.last_error().as_deref(),
-        Some(CredentialError::Expired { cause: Some(_), .. })
-    ) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never expired: {slot:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let expired = eventually(
+        (minted_at + lifetime * 3).saturating_duration_since(tokio::time::Instant::now()),
+        || async {
+            matches!(
+                slot.last_error().as_deref(),
+                Some(CredentialError::Expired { cause: Some(_), .. })
+            )
+        },
+    )
+    .await;
+    assert!(expired, "never expired: {slot:?}");
     assert_eq!(slot.status(), SlotStatus::Expired);
     match slot.load() {
         Err(Unavailable::Failed(e)) => {
@@ -429,11 +442,8 @@ async fn an_iam_outage_serves_the_cached_token_then_reports_the_error() {
     assert!(emu.counters().get("generateAccessToken", TARGET) > 1);
     // When IAM is back, the slot recovers on its own.
     emu.set_outage(false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while slot.load().is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let recovered = eventually(Duration::from_secs(10), || async { slot.load().is_ok() }).await;
+    assert!(recovered, "never recovered");
 }
 
 #[tokio::test]
@@ -478,9 +488,8 @@ async fn storage_sees_the_impersonated_principal_over_h2() {
 #[tokio::test]
 async fn mint_once_explains_a_refusal() {
     let emu = emulator(None).await;
-    let key = emu
-        .write_service_account_key(&tmpdir("once"), SOURCE_SA)
-        .unwrap();
+    let dir = tempdir("credentials-once");
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     let cfg = config(&emu, SourceKind::ServiceAccount, Some(key));
     let err = mint_once(&cfg, &access(TARGET, &[])).await.unwrap_err();
     let msg = err.to_string();
@@ -501,7 +510,7 @@ async fn mint_once_explains_a_refusal() {
 async fn debug_of_every_token_holding_type_hides_the_secret() {
     let emu = emulator(None).await;
     emu.grant_token_creator(SOURCE_SA, TARGET);
-    let dir = tmpdir("debug");
+    let dir = tempdir("credentials-debug");
     let au_file = emu
         .write_authorized_user(&dir, "carol@example.com")
         .unwrap();

@@ -11,18 +11,27 @@
 //! FUZZ_SEED=7 FUZZ_ITERS=200000 cargo test --release --test fuzz -- --nocapture
 //! ```
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use impersonate_proxy::config::ConfigError;
 use impersonate_proxy::Config;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use client::*;
+use proxy::*;
 
 fn iterations() -> usize {
     std::env::var("FUZZ_ITERS")
@@ -356,6 +365,32 @@ fn splice(text: &mut Vec<u8>, at: usize, insert: &[u8]) {
     text.splice(at..at, insert.iter().copied());
 }
 
+thread_local! {
+    /// Set while this thread runs [`quietly`].
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without printing it: the fuzz loop reports
+/// what panicked in its assertion instead, with the input. The panic hook
+/// is process-wide and the other tests of this binary run in parallel, so
+/// it is set once, stays, and is quiet only on a thread inside `quietly`;
+/// every other panic goes to the hook that was there before.
+fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
+}
+
 #[test]
 fn config_parse_never_panics_and_explains_every_refusal() {
     for text in CONFIGS {
@@ -365,10 +400,6 @@ fn config_parse_never_panics_and_explains_every_refusal() {
     let mut rng = fastrand::Rng::with_seed(seed());
     let (mut ok, mut refused) = (0usize, 0usize);
     let start = Instant::now();
-    // The panic hook would print every caught panic; the text is in the
-    // assertion instead.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     let mut problems = Vec::new();
     for i in 0..iters {
         let mut bytes = pick(&mut rng, CONFIGS).as_bytes().to_vec();
@@ -376,18 +407,14 @@ fn config_parse_never_panics_and_explains_every_refusal() {
             mutate(&mut rng, &mut bytes);
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let parsed = catch_unwind(AssertUnwindSafe(|| {
-            Config::parse(Path::new("f.toml"), &text)
-        }));
+        let parsed = quietly(|| Config::parse(Path::new("f.toml"), &text));
         let problem = match parsed {
             Err(_) => Some("Config::parse panicked".to_owned()),
             Ok(Ok(cfg)) => {
                 // What parses goes through the one compile pass, as at
                 // start-up: it may refuse, but must say why, and must not
                 // panic.
-                match catch_unwind(AssertUnwindSafe(|| {
-                    (cfg.validate(), impersonate_proxy::policy::check(&cfg))
-                })) {
+                match quietly(|| (cfg.validate(), impersonate_proxy::policy::check(&cfg))) {
                     Ok((Ok(()), Ok(_))) => {
                         ok += 1;
                         None
@@ -412,7 +439,6 @@ fn config_parse_never_panics_and_explains_every_refusal() {
             }
         }
     }
-    std::panic::set_hook(hook);
     eprintln!(
         "config fuzz: {iters} configs ({ok} accepted, {refused} refused) in {:.1?}",
         start.elapsed()

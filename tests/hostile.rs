@@ -5,12 +5,17 @@
 //!
 //! `cargo test --test hostile -- --nocapture` prints what each row observed.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -45,6 +50,11 @@ enum Observed {
 }
 
 use Observed::*;
+
+use client::*;
+use proxy::*;
+use support::*;
+use upstream::*;
 
 /// HTTP/2 error codes (RFC 9113 §7).
 const PROTOCOL_ERROR: u32 = 0x1;

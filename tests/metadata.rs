@@ -3,15 +3,24 @@
 //! pointing at the proxy (plain HTTP to the proxy address with
 //! `Metadata-Flavor: Google`), then its calls through the proxy.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::net::SocketAddr;
 
 use http::StatusCode;
 use impersonate_proxy::google::jwt::decode_unverified;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
+
+use client::*;
+use proxy::*;
+use support::*;
 
 const STORAGE: &str = "storage.googleapis.com";
 const TARGET: &str = "metadata-target@emulator-project.iam.gserviceaccount.com";
@@ -78,7 +87,8 @@ async fn list_bucket(
 
 #[tokio::test]
 async fn placeholder_token_is_replaced_and_never_reaches_upstream() {
-    let audit = tempdir("metadata-audit").join("audit.jsonl");
+    let audit_dir = tempdir("metadata-audit");
+    let audit = audit_dir.join("audit.jsonl");
     let w = emu_world(
         "metadata-placeholder",
         &format!(

@@ -2,33 +2,33 @@
 //! warm slots, reload (SIGHUP and POST /reload) that keeps in-flight
 //! requests and unchanged slots, and SIGTERM that drains.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
+
+use client::*;
+use proxy::*;
 use support::*;
+use upstream::*;
 
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
 const LATE: &str = "late@emulator-project.iam.gserviceaccount.com";
 const STORAGE: &str = "storage.googleapis.com";
 const SLOW: &str = "slow.googleapis.com";
-
-async fn count_body(resp: hyper::Response<hyper::body::Incoming>) -> usize {
-    let mut body = resp.into_body();
-    let mut n = 0;
-    while let Some(frame) = body.frame().await {
-        if let Ok(d) = frame.unwrap().into_data() {
-            n += d.len();
-        }
-    }
-    n
-}
 
 fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
@@ -78,7 +78,7 @@ warm = true
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let cfg = impersonate_proxy::Config::load(&path).unwrap();
-    let proxy = start_proxy(cfg, dir.clone()).await;
+    let proxy = start_proxy(cfg, dir).await;
     let admin = proxy.admin.expect("admin endpoint bound");
 
     // The warm slot cannot mint (no grant yet): not ready, and it says why.
@@ -169,23 +169,27 @@ warm = true
 
     // Grant the role: the refresher retries and readiness follows.
     emu.grant_token_creator(SOURCE_SA, LATE);
-    let mut ready = false;
-    for _ in 0..100 {
-        if http_get(admin, "GET", "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ready = eventually(Duration::from_secs(30), || async {
+        http_get(admin, "GET", "/readyz").await.0 == 200
+    })
+    .await;
     assert!(ready, "readyz did not recover after the grant");
 }
 
 /// The release-style binary as a child, with its proxy and admin addresses.
+/// The child is killed if a test fails before it has exited.
 struct Running {
     child: Child,
     proxy: TestProxy,
     admin: SocketAddr,
     logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Running {
@@ -198,12 +202,17 @@ impl Running {
         assert!(ok);
     }
 
-    fn log_lines(&self) -> Vec<String> {
-        self.logs.try_iter().collect()
+    /// Appends the log lines that came since the last call to `logs`.
+    fn collect_logs(&self, logs: &mut String) {
+        for line in self.logs.try_iter() {
+            logs.push_str(&line);
+            logs.push('\n');
+        }
     }
 }
 
-fn run_binary(dir: &Path, config: &Path) -> Running {
+/// Runs the binary on `config`, which lives in `dir`; the proxy holds `dir`.
+fn run_binary(dir: TempDir, config: &Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
         .args(["run", "--config"])
         .arg(config)
@@ -239,7 +248,7 @@ fn run_binary(dir: &Path, config: &Path) -> Running {
             addr: proxy.unwrap(),
             admin,
             ca_pem: dir.join("certs/ca.pem"),
-            dir: dir.to_owned(),
+            _dir: dir,
             shutdown: None,
             done: None,
         },
@@ -250,7 +259,7 @@ fn run_binary(dir: &Path, config: &Path) -> Running {
 
 /// An emulator, a slow upstream for `slow.googleapis.com`, and a config
 /// file using both; `routes` is appended.
-async fn setup(name: &str, routes: &str) -> (Emulator, PathBuf, PathBuf, String) {
+async fn setup(name: &str, routes: &str) -> (Emulator, TempDir, PathBuf, String) {
     let dir = tempdir(name);
     let emu = Emulator::start(EmulatorOptions {
         dir: Some(dir.join("emu")),
@@ -321,7 +330,7 @@ async fn storage_status(proxy: &TestProxy, path: &str) -> u16 {
 #[tokio::test]
 async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
     let (emu, dir, path, base) = setup("operate-reload", READ_ROUTE).await;
-    let mut run = run_binary(&dir, &path);
+    let mut run = run_binary(dir, &path);
     assert_eq!(
         storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
         200
@@ -331,18 +340,15 @@ async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
     // A 3-second streaming response is in flight across the reload.
     let mut slow = client(&run.proxy, SLOW, true).await;
     let resp = slow.send(for_version(get(SLOW, "/slow/30"), true)).await;
-    let streaming = tokio::spawn(count_body(resp));
+    let streaming = tokio::spawn(count_body(resp, Arc::default()));
 
     std::fs::write(&path, format!("{base}{BLOCK_ROUTE}{READ_ROUTE}")).unwrap();
     run.signal("-HUP");
-    let mut blocked = false;
-    for _ in 0..50 {
-        if storage_status(&run.proxy, "/storage/v1/b/blocked/o").await == 403 {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let proxy = &run.proxy;
+    let blocked = eventually(Duration::from_secs(15), || async move {
+        storage_status(proxy, "/storage/v1/b/blocked/o").await == 403
+    })
+    .await;
     assert!(blocked, "the new route did not take effect");
     assert_eq!(
         storage_status(&run.proxy, "/storage/v1/b/open/o").await,
@@ -362,7 +368,14 @@ async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
     // A broken config is refused and the running routes stay.
     std::fs::write(&path, format!("{base}[[route]]\nname = \"broken\"\nhosts = [\"a.googleapis.com\"]\nimpersonate = \"x\"\nlifetime = \"forever\"\n")).unwrap();
     run.signal("-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The refusal is logged once the reload has been tried; only then does
+    // "the running routes stay" say anything.
+    let mut logs = String::new();
+    eventually(Duration::from_secs(10), || {
+        run.collect_logs(&mut logs);
+        std::future::ready(logs.contains("reload failed"))
+    })
+    .await;
     assert_eq!(
         storage_status(&run.proxy, "/storage/v1/b/blocked/o").await,
         403
@@ -371,7 +384,7 @@ async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
         storage_status(&run.proxy, "/storage/v1/b/open/o").await,
         200
     );
-    let logs = run.log_lines().join("\n");
+    run.collect_logs(&mut logs);
     assert!(
         logs.contains("reload failed") && logs.contains("lifetime"),
         "{logs}"
@@ -397,29 +410,33 @@ async fn sighup_reload_changes_routing_keeps_in_flight_requests_and_slots() {
 #[tokio::test]
 async fn sigterm_drains_a_ten_second_stream_then_exits_0() {
     let (_emu, dir, path, _) = setup("operate-drain", "").await;
-    let mut run = run_binary(&dir, &path);
+    let mut run = run_binary(dir, &path);
     let mut slow = client(&run.proxy, SLOW, true).await;
     let resp = slow.send(for_version(get(SLOW, "/slow/100"), true)).await;
     assert_eq!(resp.status(), 200);
-    let streaming = tokio::spawn(count_body(resp));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = Arc::new(AtomicUsize::new(0));
+    let streaming = tokio::spawn(count_body(resp, read.clone()));
+    // SIGTERM is to land mid-stream: wait until body bytes flow.
+    let flowing = eventually(Duration::from_secs(10), || async {
+        read.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(flowing, "the stream did not start");
     run.signal("-TERM");
-    // While draining: not ready, no new connections.
-    let mut saw_503 = false;
-    for _ in 0..20 {
-        if http_get(run.admin, "GET", "/readyz").await.0 == 503 {
-            saw_503 = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // While draining: not ready, no new connections. The listener closes
+    // as the drain starts, which is not the instant readyz turns 503.
+    let admin = run.admin;
+    let saw_503 = eventually(Duration::from_secs(10), || async move {
+        http_get(admin, "GET", "/readyz").await.0 == 503
+    })
+    .await;
     assert!(saw_503, "readyz stays 200 while draining");
-    assert!(
-        tokio::net::TcpStream::connect(run.proxy.addr)
-            .await
-            .is_err(),
-        "the listener still accepts after SIGTERM"
-    );
+    let addr = run.proxy.addr;
+    let refused = eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "the listener still accepts after SIGTERM");
     assert_eq!(streaming.await.unwrap(), 100 * 1024, "the stream was cut");
     let status = tokio::task::spawn_blocking(move || run.child.wait().unwrap())
         .await

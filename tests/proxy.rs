@@ -1,16 +1,30 @@
 //! The intercepting proxy end to end: real TCP, real TLS, HTTP/1.1 and
 //! HTTP/2, against a local upstream reached through `[upstream.resolve]`.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use impersonate_proxy::net::BoxError;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use client::*;
+use proxy::*;
+use support::*;
+use upstream::*;
 
 const HOST: &str = "storage.googleapis.com";
 
@@ -130,21 +144,19 @@ async fn an_http1_client_connection_keeps_its_upstream_connection_and_hands_it_o
     );
     drop(c);
     // A later client connection (a one-request client, say) gets an idle
-    // upstream connection of a closed one. Each worker thread has its own
-    // idle list, so a new connection may first land where none is idle.
-    let mut reused = false;
-    for _ in 0..20 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // upstream connection of a closed one, once the proxy has seen the
+    // close. Each worker thread has its own idle list, so a new connection
+    // may first land where none is idle.
+    let w = &w;
+    let reused = eventually(Duration::from_secs(5), || async move {
         let before = w.seen.connections.load(Relaxed);
         let mut c = client(&w.proxy, HOST, false).await;
         let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
         assert_eq!(resp.status(), 200);
         body_string(resp).await;
-        if w.seen.connections.load(Relaxed) == before {
-            reused = true;
-            break;
-        }
-    }
+        w.seen.connections.load(Relaxed) == before
+    })
+    .await;
     assert!(
         reused,
         "a closed client connection's upstream connection is reused"
@@ -433,17 +445,6 @@ async fn bad_input_gets_4xx_or_close_and_the_proxy_keeps_serving() {
     }
 }
 
-async fn count_body(resp: hyper::Response<hyper::body::Incoming>) -> usize {
-    let mut body = resp.into_body();
-    let mut n = 0;
-    while let Some(frame) = body.frame().await {
-        if let Ok(d) = frame.unwrap().into_data() {
-            n += d.len();
-        }
-    }
-    n
-}
-
 #[tokio::test]
 async fn idle_connections_close_but_a_long_response_is_not_cut() {
     let w = world("idle", "[limits]\nidle_timeout = \"1s\"\n").await;
@@ -451,8 +452,13 @@ async fn idle_connections_close_but_a_long_response_is_not_cut() {
         let mut c = client(&w.proxy, HOST, h2).await;
         // 3 s of streaming with a 1 s idle timeout: in flight, so not idle.
         let resp = c.send(for_version(get(HOST, "/slow/30"), h2)).await;
-        assert_eq!(count_body(resp).await, 30 * 1024, "h2={h2}");
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(count_body(resp, Arc::default()).await, 30 * 1024, "h2={h2}");
+        // Watched, not prodded: a request would end the idleness. The
+        // assertion below says whether it closed in time.
+        eventually(Duration::from_millis(2500), || {
+            std::future::ready(c.is_closed())
+        })
+        .await;
         let again = c.try_send(for_version(get(HOST, "/echo"), h2)).await;
         assert!(
             again.is_err(),
@@ -466,8 +472,14 @@ async fn shutdown_lets_an_in_flight_streaming_response_finish() {
     let w = world("drain", "").await;
     let mut c = client(&w.proxy, HOST, true).await;
     let resp = c.send(for_version(get(HOST, "/slow/20"), true)).await;
-    let reader = tokio::spawn(count_body(resp));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let read = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn(count_body(resp, read.clone()));
+    // The shutdown is to land mid-stream: wait until body bytes flow.
+    let flowing = eventually(Duration::from_secs(10), || async {
+        read.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(flowing, "the stream did not start");
     let drained = w.proxy.stop().await;
     assert_eq!(reader.await.unwrap(), 20 * 1024);
     assert!(drained);
@@ -522,7 +534,10 @@ async fn keep_alive_outlives_the_header_timeout_but_a_slow_head_does_not() {
     let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
     assert_eq!(resp.status(), 200);
     body_string(resp).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // The behaviour under test, not a wait for it: the client stays silent
+    // for longer than header_read_timeout, and the connection must outlive
+    // that silence.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let again = c.try_send(for_version(get(HOST, "/echo"), false)).await;
     assert_eq!(again.expect("connection still open").status(), 200);
 
@@ -535,7 +550,10 @@ async fn keep_alive_outlives_the_header_timeout_but_a_slow_head_does_not() {
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     read_body(&mut s, &head).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Also the behaviour under test: idle between requests for longer than
+    // header_read_timeout, so the timer that cuts the stalled head below
+    // must have started at its first byte, not at the previous response.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: exa")
         .await
         .unwrap();

@@ -1,10 +1,20 @@
 //! Routes and injection through the proxy against the emulator, over
 //! HTTP/1.1 and HTTP/2: the upstream sees the route's target principal.
 
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use http::StatusCode;
+
+use client::*;
+use proxy::*;
 use support::*;
+use upstream::*;
 
 const STORAGE: &str = "storage.googleapis.com";
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
@@ -61,9 +71,20 @@ impersonate = "{READER}"
     )
 }
 
-async fn setup(name: &str) -> (EmuWorld, std::path::PathBuf) {
-    let audit = tempdir(&format!("{name}-audit")).join("audit.jsonl");
-    let w = emu_world(name, &routes(&audit), "").await;
+/// The audit log the routes above write, in a directory of its own that is
+/// removed when this is dropped.
+struct Audit {
+    path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+async fn setup(name: &str) -> (EmuWorld, Audit) {
+    let dir = tempdir(&format!("{name}-audit"));
+    let audit = Audit {
+        path: dir.join("audit.jsonl"),
+        _dir: dir,
+    };
+    let w = emu_world(name, &routes(&audit.path), "").await;
     w.emu.grant_token_creator(SOURCE_SA, READER);
     w.emu.grant_token_creator(SOURCE_SA, HOP);
     w.emu.grant_token_creator(HOP, WRITER);
@@ -91,7 +112,7 @@ async fn call(
 
 #[tokio::test]
 async fn the_upstream_sees_the_routes_target_over_http1_and_http2() {
-    let (w, _) = setup("target").await;
+    let (w, _audit) = setup("target").await;
     for h2 in [false, true] {
         // The client's own Authorization is replaced, not forwarded.
         let (status, body) = call(
@@ -112,7 +133,7 @@ async fn the_upstream_sees_the_routes_target_over_http1_and_http2() {
 
 #[tokio::test]
 async fn a_delegate_chain_reaches_its_target() {
-    let (w, _) = setup("chain").await;
+    let (w, _audit) = setup("chain").await;
     let (status, body) = call(&w, true, "GET", "/storage/v1/b/chain/o", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["emulator"]["principal"], WRITER);
@@ -120,7 +141,7 @@ async fn a_delegate_chain_reaches_its_target() {
 
 #[tokio::test]
 async fn deny_and_no_match_are_403_naming_the_cause() {
-    let (w, _) = setup("deny").await;
+    let (w, _audit) = setup("deny").await;
     let (status, body) = call(&w, false, "GET", "/storage/v1/b/secret/o", None).await;
     assert_eq!(status, 403);
     let msg = body["error"]["message"].as_str().unwrap();
@@ -142,7 +163,7 @@ async fn deny_and_no_match_are_403_naming_the_cause() {
 
 #[tokio::test]
 async fn an_iam_refusal_is_503_carrying_iams_message() {
-    let (w, _) = setup("refused").await;
+    let (w, _audit) = setup("refused").await;
     for h2 in [false, true] {
         let (status, body) = call(&w, h2, "GET", "/storage/v1/b/refused/o", None).await;
         assert_eq!(status, 503, "{body}");
@@ -162,7 +183,7 @@ async fn an_iam_refusal_is_503_carrying_iams_message() {
 
 #[tokio::test]
 async fn keep_policy_forwards_the_clients_authorization() {
-    let (w, _) = setup("keep").await;
+    let (w, _audit) = setup("keep").await;
     // The emulator does not know the client's token: 401 proves it was kept.
     let (status, body) = call(
         &w,
@@ -181,7 +202,7 @@ async fn keep_policy_forwards_the_clients_authorization() {
 
 #[tokio::test]
 async fn quota_project_sets_x_goog_user_project() {
-    let (w, _) = setup("quota").await;
+    let (w, _audit) = setup("quota").await;
     let (status, body) = call(&w, true, "GET", "/storage/v1/b/billed/o", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["emulator"]["userProject"], "billing-project");
@@ -204,14 +225,12 @@ async fn the_audit_line_has_the_fields_and_no_token() {
     let (status, _) = call(&w, true, "GET", "/storage/v1/b/secret/o", None).await;
     assert_eq!(status, 403);
     // Records are written when the response body ends, by a writer thread.
-    let mut text = String::new();
-    for _ in 0..50 {
-        text = std::fs::read_to_string(&audit).unwrap_or_default();
-        if text.lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(std::time::Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&audit.path).unwrap_or_default();
+        text.lines().count() >= 2
+    })
+    .await;
+    let text = std::fs::read_to_string(&audit.path).unwrap_or_default();
     let lines: Vec<serde_json::Value> = text.lines().map(json).collect();
     assert_eq!(lines.len(), 2, "{text}");
     let ok = &lines[0];
@@ -267,7 +286,7 @@ id_token = {{ audience = "https://hello.run.app", impersonate = "{READER}" }}
     let emu_dir = tempdir("idtok-emu");
     let emu = impersonate_proxy::emulator::Emulator::start(
         impersonate_proxy::emulator::EmulatorOptions {
-            dir: Some(emu_dir.clone()),
+            dir: Some(emu_dir.to_path_buf()),
             ..Default::default()
         },
     )

@@ -3,12 +3,18 @@
 //! nothing the proxy writes (logs, audit records, error bodies) contains a
 //! token, a refresh token, a proxy password or the source key.
 
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 
 use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
+
+use proxy::*;
 use support::*;
 
 const READER: &str = "reader@emulator-project.iam.gserviceaccount.com";
