@@ -230,7 +230,7 @@ async fn serve_metadata(
     guard: InFlight,
 ) -> Response<ProxyBody> {
     let resp = metadata
-        .answer(shared.control.registry(), client.as_ref(), &req)
+        .answer(shared.control.registry(), client.as_ref(), peer, &req)
         .await;
     let host = request_authority(&req).unwrap_or_default();
     let mut record = Record::new(peer, req.method(), &host.into(), req.uri());

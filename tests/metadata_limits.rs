@@ -1,0 +1,85 @@
+//! Limits of the metadata endpoint against the emulator: one client
+//! cannot use up the on-demand token slots of everyone else. Release of
+//! unused slots is tested on Tokio's paused clock in `control::metadata`.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use impersonate_proxy::google::jwt::decode_unverified;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
+
+const TARGET: &str = "metadata-target@emulator-project.iam.gserviceaccount.com";
+const IDENTITY: &str = "/computeMetadata/v1/instance/service-accounts/default/identity";
+
+/// An origin-form metadata GET from the loopback address `from`:
+/// status and body.
+async fn metadata_get_from(proxy: SocketAddr, from: &str, path: &str) -> (u16, String) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(proxy).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {proxy}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    let body = read_body(&mut s, &head).await;
+    (status_of(&head).unwrap_or(0), body)
+}
+
+fn identity(audience: &str) -> String {
+    format!("{IDENTITY}?audience={audience}")
+}
+
+/// Two clients told apart by source address: `junk` on 127.0.0.2,
+/// `app` on the rest of loopback.
+fn two_clients() -> &'static str {
+    "[[client]]\nname = \"junk\"\ncidrs = [\"127.0.0.2/32\"]\n\n[[client]]\nname = \"app\"\ncidrs = [\"127.0.0.0/8\"]\n"
+}
+
+#[tokio::test]
+async fn one_client_cannot_use_up_the_on_demand_slots_of_another() {
+    let w = emu_world(
+        "metadata-limits-cap",
+        &format!(
+            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n{}",
+            two_clients()
+        ),
+        "",
+    )
+    .await;
+    w.emu.grant_token_creator(SOURCE_SA, TARGET);
+    let addr = w.proxy.addr;
+
+    // Junk audiences from one client, more than the whole budget.
+    let mut minted = 0;
+    let mut refusal = None;
+    for n in 0..40 {
+        let (status, body) =
+            metadata_get_from(addr, "127.0.0.2", &identity(&format!("https://junk-{n}.example")))
+                .await;
+        match status {
+            200 => minted += 1,
+            429 => refusal = Some(body),
+            other => panic!("junk audience {n}: {other} {body}"),
+        }
+    }
+    // The real audience of the other client still gets its token.
+    let (status, body) =
+        metadata_get_from(addr, "127.0.0.1", &identity("https://svc.example.run.app")).await;
+    assert_eq!(status, 200, "{body}");
+    let jwt = decode_unverified(body.trim()).unwrap();
+    assert_eq!(jwt.claims["aud"], "https://svc.example.run.app");
+    // The junk client's own cap stopped it well short of the budget, and
+    // the refusal says why.
+    assert!(minted <= 8, "one client kept {minted} on-demand slots");
+    let refusal = refusal.expect("the junk client is refused at some point");
+    assert!(refusal.contains("\"junk\""), "{refusal}");
+    assert!(refusal.contains("[metadata] audiences"), "{refusal}");
+    // And the junk client still gets the audiences it already holds.
+    let (status, body) =
+        metadata_get_from(addr, "127.0.0.2", &identity("https://junk-0.example")).await;
+    assert_eq!(status, 200, "{body}");
+}
