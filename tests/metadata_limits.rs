@@ -1,6 +1,7 @@
 //! Limits of the metadata endpoint against the emulator: one client
-//! cannot use up the on-demand token slots of everyone else. Release of
-//! unused slots is tested on Tokio's paused clock in `control::metadata`.
+//! cannot use up the on-demand token slots of everyone else, and
+//! identity requests are audited with their audience (never the token). Eviction of idle
+//! slots is tested on Tokio's paused clock in `control::metadata`.
 
 mod support;
 
@@ -82,4 +83,51 @@ async fn one_client_cannot_use_up_the_on_demand_slots_of_another() {
     let (status, body) =
         metadata_get_from(addr, "127.0.0.2", &identity("https://junk-0.example")).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn identity_requests_are_audited_with_their_audience_and_never_the_token() {
+    let audit = tempdir("metadata-limits-audit").join("audit.jsonl");
+    let w = emu_world(
+        "metadata-limits-audit",
+        &format!(
+            "[audit]\nfile = \"{}\"\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n",
+            audit.display()
+        ),
+        "",
+    )
+    .await;
+    w.emu.grant_token_creator(SOURCE_SA, TARGET);
+    let (status, token) = metadata_get_from(
+        w.proxy.addr,
+        "127.0.0.1",
+        &identity("https%3A%2F%2Fsvc.example.run.app"),
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    let (status, _) = metadata_get_from(
+        w.proxy.addr,
+        "127.0.0.1",
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(w.proxy.stop().await);
+
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<serde_json::Value> = log.lines().map(json).collect();
+    let id = records
+        .iter()
+        .find(|r| r["path"] == IDENTITY)
+        .unwrap_or_else(|| panic!("no identity record: {log}"));
+    assert_eq!(id["action"], "metadata", "{id}");
+    assert_eq!(id["audience"], "https://svc.example.run.app", "{id}");
+    assert_eq!(id["status"], 200, "{id}");
+    // Other metadata requests have no audience field at all.
+    let email = records
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/email")))
+        .unwrap_or_else(|| panic!("no email record: {log}"));
+    assert!(email.get("audience").is_none(), "{email}");
+    assert!(!log.contains(token.trim()), "{log}");
 }

@@ -123,6 +123,8 @@ impl Metadata {
     }
 
     /// Answers one metadata request from `peer`, attributed to `client`.
+    /// An identity request's answer carries its audience for the audit
+    /// record ([`audience`]).
     pub async fn answer(
         &self,
         registry: &Registry,
@@ -332,7 +334,9 @@ impl Metadata {
                 "non-empty audience parameter required",
             );
         };
-        self.id_token(registry, client, peer, &audience).await
+        let mut resp = self.id_token(registry, client, peer, &audience).await;
+        resp.extensions_mut().insert(Audience(audience.into()));
+        resp
     }
 
     async fn id_token(
@@ -369,6 +373,16 @@ impl Metadata {
             Err(e) => no_token(&e),
         }
     }
+}
+
+/// The audience of an identity request, riding on its answer to the
+/// audit record. Not a secret: the client chose it.
+#[derive(Clone)]
+struct Audience(Arc<str>);
+
+/// The audience an identity request asked for, from its answer.
+pub(crate) fn audience(resp: &Response<ProxyBody>) -> Option<Arc<str>> {
+    resp.extensions().get::<Audience>().map(|a| a.0.clone())
 }
 
 fn too_many(refused: &Refused) -> Response<ProxyBody> {

@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::control::metadata::Metadata;
+use crate::control::metadata::{self, Metadata};
 use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{AuditAction, Record};
 use crate::ops::observe;
@@ -237,6 +237,7 @@ async fn serve_metadata(
     record.client_name = client.map(|c| c.name);
     record.action = AuditAction::Metadata;
     record.acting_as = Some(metadata.principal());
+    record.audience = metadata::audience(&resp);
     record.status = resp.status().as_u16();
     let audit = shared.audit.enabled().then(|| shared.audit.clone());
     observe::finish(resp, guard, record, audit)
