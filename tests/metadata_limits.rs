@@ -1,6 +1,7 @@
 //! Limits of the metadata endpoint against the emulator: one client
-//! cannot use up the on-demand token slots of everyone else, and
-//! identity requests are audited with their audience (never the token). Eviction of idle
+//! cannot use up the on-demand token slots of everyone else, ID tokens
+//! go only to the clients allowed them, and identity requests are
+//! audited with their audience (never the token). Release of unused
 //! slots is tested on Tokio's paused clock in `control::metadata`.
 
 mod support;
@@ -45,7 +46,7 @@ async fn one_client_cannot_use_up_the_on_demand_slots_of_another() {
     let w = emu_world(
         "metadata-limits-cap",
         &format!(
-            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n{}",
+            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\nid_token_clients = [\"junk\", \"app\"]\n{}",
             two_clients()
         ),
         "",
@@ -130,4 +131,70 @@ async fn identity_requests_are_audited_with_their_audience_and_never_the_token()
         .unwrap_or_else(|| panic!("no email record: {log}"));
     assert!(email.get("audience").is_none(), "{email}");
     assert!(!log.contains(token.trim()), "{log}");
+}
+
+#[tokio::test]
+async fn only_id_token_clients_get_id_tokens_when_clients_are_configured() {
+    let w = emu_world(
+        "metadata-limits-idclients",
+        &format!(
+            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\nid_token_clients = [\"app\"]\n{}",
+            two_clients()
+        ),
+        "",
+    )
+    .await;
+    w.emu.grant_token_creator(SOURCE_SA, TARGET);
+    let path = identity("https://svc.example.run.app");
+
+    let (status, body) = metadata_get_from(w.proxy.addr, "127.0.0.1", &path).await;
+    assert_eq!(status, 200, "{body}");
+    let jwt = decode_unverified(body.trim()).unwrap();
+    assert_eq!(jwt.claims["email"], TARGET);
+
+    let (status, body) = metadata_get_from(w.proxy.addr, "127.0.0.2", &path).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"junk\""), "{body}");
+    assert!(body.contains("[metadata] id_token_clients"), "{body}");
+    assert!(!body.contains("eyJ"), "{body}");
+}
+
+#[tokio::test]
+async fn with_clients_configured_and_none_listed_nobody_gets_id_tokens() {
+    let w = emu_world(
+        "metadata-limits-noidclients",
+        &format!(
+            "[audit]\nenabled = false\n[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\n{}",
+            two_clients()
+        ),
+        "",
+    )
+    .await;
+    w.emu.grant_token_creator(SOURCE_SA, TARGET);
+    let (status, body) = metadata_get_from(
+        w.proxy.addr,
+        "127.0.0.1",
+        &identity("https://svc.example.run.app"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"app\""), "{body}");
+    assert!(body.contains("[metadata] id_token_clients"), "{body}");
+}
+
+#[tokio::test]
+async fn an_unknown_id_token_client_is_a_config_error_naming_the_key() {
+    let (cfg, _dir) = config_with_ca(
+        "metadata-limits-unknown",
+        &format!(
+            "[metadata]\nenabled = true\nservice_account = \"{TARGET}\"\nid_token_clients = [\"app\", \"nobody\"]\n{}",
+            two_clients()
+        ),
+    );
+    let err = match impersonate_proxy::Proxy::bind(&cfg).await {
+        Ok(_) => panic!("a proxy started with an unknown id_token_clients name"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("metadata.id_token_clients[1]"), "{err}");
+    assert!(err.contains("nobody"), "{err}");
 }

@@ -7,6 +7,7 @@
 //! By default the token endpoint hands out a placeholder that injecting
 //! routes replace (the real token never leaves the proxy); `tokens =
 //! "real"` hands the impersonated token itself to `real_clients` only.
+//! With `[[client]]` entries, ID tokens go to `id_token_clients` only.
 //! Tokens for other scopes and for ID-token audiences live in on-demand
 //! slots ([`on_demand`]): bounded, per client, released when unused.
 
@@ -49,6 +50,7 @@ pub(crate) struct Metadata {
     tokens: MetadataTokens,
     real_clients: Vec<String>,
     audiences: Vec<String>,
+    id_token_clients: Vec<String>,
     listen: SocketAddr,
     /// The `cloud-platform` access token of `email`.
     default_slot: Slot,
@@ -85,6 +87,7 @@ impl Metadata {
             tokens: cfg.tokens,
             real_clients: cfg.real_clients.clone(),
             audiences: cfg.audiences.clone(),
+            id_token_clients: cfg.id_token_clients.clone(),
             listen,
             default_slot: registry.slot(request, false),
             on_demand: OnDemand::new(),
@@ -320,7 +323,8 @@ impl Metadata {
     }
 
     /// `…/identity?audience=…[&format=full]`: a real ID token for the
-    /// requested audience, through generateIdToken.
+    /// requested audience, through generateIdToken, for an
+    /// `id_token_clients` client (anyone when no clients are configured).
     async fn identity(
         &self,
         registry: &Registry,
@@ -346,6 +350,17 @@ impl Metadata {
         peer: IpAddr,
         audience: &str,
     ) -> Response<ProxyBody> {
+        // With [[client]] entries every request here is attributed (the
+        // others got 407), so `None` means there are no clients to restrict.
+        if let Some(c) = client.filter(|c| !self.id_token_clients.iter().any(|n| **n == *c.name)) {
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "impersonate-proxy: client \"{}\" may not have ID tokens for {}: it is not in [metadata] id_token_clients; add \"{}\" there to allow it (or call the service through the proxy with an id_token route)",
+                    c.name, self.email, c.name
+                ),
+            );
+        }
         let listed = self.audiences.iter().any(|a| a == audience);
         if !self.audiences.is_empty() && !listed {
             return text(

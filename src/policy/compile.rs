@@ -96,6 +96,7 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
             ));
         }
     }
+    check_id_token_clients(cfg)?;
     if let Some(sa) = m.service_account.as_deref().filter(|_| m.enabled) {
         principal_email(sa)
             .map_err(|e| ConfigError::invalid("metadata.service_account", e.to_string()))?;
@@ -105,6 +106,20 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
         intercept,
         allow_private,
     })
+}
+
+/// `[metadata] id_token_clients` names `[[client]]` entries: a typo would
+/// silently refuse ID tokens to the client meant.
+fn check_id_token_clients(cfg: &Config) -> Result<(), ConfigError> {
+    for (i, name) in cfg.metadata.id_token_clients.iter().enumerate() {
+        if !cfg.clients.iter().any(|c| &c.name == name) {
+            return Err(ConfigError::invalid(
+                format!("metadata.id_token_clients[{i}]"),
+                format!("`{name}` is not the name of any [[client]]; add a [[client]] with that name or remove it"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Policy {
