@@ -59,9 +59,12 @@ async fn one_client_cannot_use_up_the_on_demand_slots_of_another() {
     let mut minted = 0;
     let mut refusal = None;
     for n in 0..40 {
-        let (status, body) =
-            metadata_get_from(addr, "127.0.0.2", &identity(&format!("https://junk-{n}.example")))
-                .await;
+        let (status, body) = metadata_get_from(
+            addr,
+            "127.0.0.2",
+            &identity(&format!("https://junk-{n}.example")),
+        )
+        .await;
         match status {
             200 => minted += 1,
             429 => refusal = Some(body),

@@ -91,7 +91,9 @@ pub enum CredentialError {
     Setup(#[from] crate::net::UpstreamSetupError),
     /// The slot was released because no client used it for a while (the
     /// metadata endpoint's on-demand tokens); asking again makes a new one.
-    #[error("the token slot for {target} was released after it went unused; ask for the token again")]
+    #[error(
+        "the token slot for {target} was released after it went unused; ask for the token again"
+    )]
     Released {
         /// The target principal (email).
         target: String,

@@ -22,7 +22,12 @@ struct Scripted {
 
 impl Scripted {
     fn mints(&self, request: &TokenRequest) -> usize {
-        self.mints.lock().unwrap().get(request).copied().unwrap_or(0)
+        self.mints
+            .lock()
+            .unwrap()
+            .get(request)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -70,7 +75,9 @@ async fn unused_slots_are_released_and_their_refreshers_stop() {
     for r in [&junk, &used, &shared] {
         use_slot(&on_demand, &registry, r, "app").await;
     }
-    let held = on_demand.get(&registry, junk.clone(), client("app")).unwrap();
+    let held = on_demand
+        .get(&registry, junk.clone(), client("app"))
+        .unwrap();
 
     tokio::time::sleep(IDLE / 2).await;
     use_slot(&on_demand, &registry, &used, "app").await;
@@ -91,7 +98,10 @@ async fn unused_slots_are_released_and_their_refreshers_stop() {
     let before = (minter.mints(&junk), minter.mints(&shared));
     tokio::time::sleep(Duration::from_secs(1800)).await;
     assert_eq!(minter.mints(&junk), before.0, "a released refresher minted");
-    assert!(minter.mints(&shared) > before.1, "the route's token stopped");
+    assert!(
+        minter.mints(&shared) > before.1,
+        "the route's token stopped"
+    );
     assert!(route_slot.load().is_ok());
 
     // Asking again makes a new slot that mints again.
@@ -110,7 +120,10 @@ async fn one_client_holds_at_most_its_share_and_listed_audiences_are_free_and_ke
         on_demand.get(&registry, r, client("junk")).unwrap();
     }
     let refused = on_demand.get(&registry, audience("junk-more"), client("junk"));
-    assert_eq!(refused.unwrap_err(), Refused::Owner(Owner::Client("junk".into())));
+    assert_eq!(
+        refused.unwrap_err(),
+        Refused::Owner(Owner::Client("junk".into()))
+    );
     // What it holds is still served to it, and to others.
     on_demand
         .get(&registry, audience("junk-0"), client("junk"))
@@ -124,7 +137,9 @@ async fn one_client_holds_at_most_its_share_and_listed_audiences_are_free_and_ke
     for c in 1..MAX_ON_DEMAND / MAX_PER_CLIENT {
         for n in 0..MAX_PER_CLIENT {
             let r = audience(&format!("c{c}-{n}"));
-            on_demand.get(&registry, r, client(&format!("c{c}"))).unwrap();
+            on_demand
+                .get(&registry, r, client(&format!("c{c}")))
+                .unwrap();
         }
     }
     let refused = on_demand.get(&registry, audience("late"), client("late"));
@@ -133,7 +148,11 @@ async fn one_client_holds_at_most_its_share_and_listed_audiences_are_free_and_ke
     // Unused for IDLE: everything counted goes, the listed audience stays.
     tokio::time::sleep(IDLE).await;
     on_demand.release_idle(&registry);
-    let left: Vec<TokenRequest> = registry.slots().iter().map(|s| s.request().clone()).collect();
+    let left: Vec<TokenRequest> = registry
+        .slots()
+        .iter()
+        .map(|s| s.request().clone())
+        .collect();
     assert_eq!(left, [listed], "{registry:?}");
     on_demand
         .get(&registry, audience("late"), client("late"))
