@@ -116,6 +116,11 @@ pub struct MetadataConfig {
     /// Audiences the identity endpoint mints ID tokens for; empty = any.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// `[[client]]` names that may get ID tokens from the identity
+    /// endpoint. With `[[client]]` entries, no other client does; with
+    /// none, anyone who reaches the listener does.
+    #[serde(default)]
+    pub id_token_clients: Vec<String>,
 }
 
 /// `[metadata] tokens = "placeholder" | "real"`

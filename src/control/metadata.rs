@@ -7,10 +7,14 @@
 //! By default the token endpoint hands out a placeholder that injecting
 //! routes replace (the real token never leaves the proxy); `tokens =
 //! "real"` hands the impersonated token itself to `real_clients` only.
+//! With `[[client]]` entries, ID tokens go to `id_token_clients` only.
+//! Tokens for other scopes and for ID-token audiences live in on-demand
+//! slots ([`on_demand`]): bounded, per client, released when unused.
 
-use std::collections::HashMap;
+mod on_demand;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,16 +32,12 @@ use crate::ops::audit::Principal;
 use crate::policy::clients::ClientId;
 use crate::policy::inject::PLACEHOLDER_PREFIX;
 
+use on_demand::{OnDemand, Owner, Refused};
+
 /// The names a metadata client addresses (besides the listener address).
 const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "169.254.169.254"];
 
 const SA_PREFIX: &str = "/computeMetadata/v1/instance/service-accounts";
-
-/// Distinct scope sets and audiences the endpoint mints for on demand (on
-/// top of the `audiences` allow-list): each one is a token slot that is
-/// refreshed for the life of the proxy, so clients cannot create them
-/// without bound.
-const MAX_ON_DEMAND: usize = 32;
 
 /// What a placeholder claims when no real token's lifetime is known.
 const PLACEHOLDER_EXPIRES_IN: u64 = 3599;
@@ -50,11 +50,12 @@ pub(crate) struct Metadata {
     tokens: MetadataTokens,
     real_clients: Vec<String>,
     audiences: Vec<String>,
+    id_token_clients: Vec<String>,
     listen: SocketAddr,
     /// The `cloud-platform` access token of `email`.
     default_slot: Slot,
     /// Slots for requested scopes and ID-token audiences.
-    on_demand: Mutex<HashMap<TokenRequest, Slot>>,
+    on_demand: OnDemand,
 }
 
 impl Metadata {
@@ -86,9 +87,10 @@ impl Metadata {
             tokens: cfg.tokens,
             real_clients: cfg.real_clients.clone(),
             audiences: cfg.audiences.clone(),
+            id_token_clients: cfg.id_token_clients.clone(),
             listen,
             default_slot: registry.slot(request, false),
-            on_demand: Mutex::new(HashMap::new()),
+            on_demand: OnDemand::new(),
             email,
         }))
     }
@@ -123,11 +125,14 @@ impl Metadata {
         self.default_slot.principal()
     }
 
-    /// Answers one metadata request.
+    /// Answers one metadata request from `peer`, attributed to `client`.
+    /// An identity request's answer carries its audience for the audit
+    /// record ([`audience`]).
     pub async fn answer(
         &self,
         registry: &Registry,
         client: Option<&ClientId>,
+        peer: SocketAddr,
         req: &Request<Incoming>,
     ) -> Response<ProxyBody> {
         let headers = req.headers();
@@ -219,8 +224,8 @@ impl Metadata {
             "email" => text(StatusCode::OK, &self.email),
             "aliases" => text(StatusCode::OK, "default"),
             "scopes" => text(StatusCode::OK, CLOUD_PLATFORM),
-            "token" => self.token(registry, client, query).await,
-            "identity" => self.identity(registry, query).await,
+            "token" => self.token(registry, client, peer.ip(), query).await,
+            "identity" => self.identity(registry, client, peer.ip(), query).await,
             _ => not_found(),
         }
     }
@@ -239,8 +244,12 @@ impl Metadata {
         &self,
         registry: &Registry,
         client: Option<&ClientId>,
+        peer: IpAddr,
         query: &str,
     ) -> Response<ProxyBody> {
+        // ADC clients ask here most often: a chance to stop the
+        // refreshers of on-demand slots nobody uses any more.
+        self.on_demand.release_idle(registry);
         let (access_token, expires_in) = match self.tokens {
             MetadataTokens::Placeholder => {
                 // Warms the real token for the routes that will replace
@@ -281,10 +290,13 @@ impl Metadata {
                     self.default_slot.clone()
                 } else {
                     match TokenRequest::access_token(&self.email, &[], &scopes, DEFAULT_LIFETIME) {
-                        Ok(r) => match self.on_demand(registry, r) {
-                            Some(s) => s,
-                            None => return too_many(),
-                        },
+                        Ok(r) => {
+                            let owner = Owner::of(client, peer);
+                            match self.on_demand.get(registry, r, Some(owner)) {
+                                Ok(s) => s,
+                                Err(refused) => return too_many(&refused),
+                            }
+                        }
                         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
                     }
                 };
@@ -311,25 +323,59 @@ impl Metadata {
     }
 
     /// `…/identity?audience=…[&format=full]`: a real ID token for the
-    /// requested audience, through generateIdToken.
-    async fn identity(&self, registry: &Registry, query: &str) -> Response<ProxyBody> {
+    /// requested audience, through generateIdToken, for an
+    /// `id_token_clients` client (anyone when no clients are configured).
+    async fn identity(
+        &self,
+        registry: &Registry,
+        client: Option<&ClientId>,
+        peer: IpAddr,
+        query: &str,
+    ) -> Response<ProxyBody> {
         let Some(audience) = param(query, "audience").filter(|a| !a.is_empty()) else {
             return text(
                 StatusCode::BAD_REQUEST,
                 "non-empty audience parameter required",
             );
         };
-        if !self.audiences.is_empty() && !self.audiences.contains(&audience) {
+        let mut resp = self.id_token(registry, client, peer, &audience).await;
+        resp.extensions_mut().insert(Audience(audience.into()));
+        resp
+    }
+
+    async fn id_token(
+        &self,
+        registry: &Registry,
+        client: Option<&ClientId>,
+        peer: IpAddr,
+        audience: &str,
+    ) -> Response<ProxyBody> {
+        // With [[client]] entries every request here is attributed (the
+        // others got 407), so `None` means there are no clients to restrict.
+        if let Some(c) = client.filter(|c| !self.id_token_clients.iter().any(|n| **n == *c.name)) {
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "impersonate-proxy: client \"{}\" may not have ID tokens for {}: it is not in [metadata] id_token_clients; add \"{}\" there to allow it (or call the service through the proxy with an id_token route)",
+                    c.name, self.email, c.name
+                ),
+            );
+        }
+        let listed = self.audiences.iter().any(|a| a == audience);
+        if !self.audiences.is_empty() && !listed {
             return text(
                 StatusCode::FORBIDDEN,
                 &format!("impersonate-proxy: audience `{audience}` is not in [metadata] audiences"),
             );
         }
-        let slot = match TokenRequest::id_token(&self.email, &[], &audience) {
-            Ok(r) => match self.on_demand(registry, r) {
-                Some(s) => s,
-                None => return too_many(),
-            },
+        let slot = match TokenRequest::id_token(&self.email, &[], audience) {
+            Ok(r) => {
+                let owner = (!listed).then(|| Owner::of(client, peer));
+                match self.on_demand.get(registry, r, owner) {
+                    Ok(s) => s,
+                    Err(refused) => return too_many(&refused),
+                }
+            }
             Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
         };
         match slot.get().await {
@@ -342,28 +388,31 @@ impl Metadata {
             Err(e) => no_token(&e),
         }
     }
-
-    /// The slot for a token asked for by scopes or audience, or `None`
-    /// when [`MAX_ON_DEMAND`] distinct ones are already kept.
-    fn on_demand(&self, registry: &Registry, request: TokenRequest) -> Option<Slot> {
-        let mut slots = self.on_demand.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots.get(&request) {
-            return Some(slot.clone());
-        }
-        if slots.len() >= MAX_ON_DEMAND + self.audiences.len() {
-            return None;
-        }
-        let slot = registry.slot(request.clone(), false);
-        slots.insert(request, slot.clone());
-        Some(slot)
-    }
 }
 
-fn too_many() -> Response<ProxyBody> {
-    text(
-        StatusCode::TOO_MANY_REQUESTS,
-        "impersonate-proxy: the metadata endpoint already keeps the most distinct tokens (scope sets and audiences) it will; list the audiences clients need in [metadata] audiences",
-    )
+/// The audience of an identity request, riding on its answer to the
+/// audit record. Not a secret: the client chose it.
+#[derive(Clone)]
+struct Audience(Arc<str>);
+
+/// The audience an identity request asked for, from its answer.
+pub(crate) fn audience(resp: &Response<ProxyBody>) -> Option<Arc<str>> {
+    resp.extensions().get::<Audience>().map(|a| a.0.clone())
+}
+
+fn too_many(refused: &Refused) -> Response<ProxyBody> {
+    let idle = on_demand::IDLE.as_secs() / 60;
+    let message = match refused {
+        Refused::Owner(owner) => format!(
+            "impersonate-proxy: {owner} already holds {} of the metadata endpoint's on-demand tokens (scope sets and audiences); one unused for {idle} minutes is released; list the audiences clients need in [metadata] audiences",
+            on_demand::MAX_PER_CLIENT
+        ),
+        Refused::Total => format!(
+            "impersonate-proxy: the metadata endpoint already keeps the most distinct tokens (scope sets and audiences) it will ({}); one unused for {idle} minutes is released; list the audiences clients need in [metadata] audiences",
+            on_demand::MAX_ON_DEMAND
+        ),
+    };
+    text(StatusCode::TOO_MANY_REQUESTS, &message)
 }
 
 /// A fresh placeholder: unique, and recognisable by its prefix.

@@ -120,10 +120,24 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
 /// the same token share a slot (and a refresher). Refreshers run on the
 /// runtime the registry was made on (the control plane's), whichever
 /// thread asks for a slot. Dropping the registry stops the refreshers.
+///
+/// Slots are kept for the life of the registry, except those only ever
+/// asked for with [`Registry::on_demand`] (the metadata endpoint's):
+/// [`Registry::remove`] releases those, and refuses every other.
 pub struct Registry {
     minter: Arc<dyn Mint>,
     runtime: Handle,
-    slots: Mutex<HashMap<TokenRequest, (Slot, AbortHandle)>>,
+    slots: Mutex<HashMap<TokenRequest, Entry>>,
+}
+
+struct Entry {
+    slot: Slot,
+    refresher: AbortHandle,
+    /// Handed out by [`Registry::slot`] (a route, the metadata default
+    /// token, a warm-up) at least once: such a holder may use the slot
+    /// for as long as it lives, so it is never removed. Set under the
+    /// registry's lock, the lock [`Registry::remove`] checks it under.
+    kept: bool,
 }
 
 impl fmt::Debug for Registry {
@@ -147,31 +161,73 @@ impl Registry {
     }
 
     /// The slot for `request`, created (with its refresher) if it is the
-    /// first ask. With `warm`, the first mint starts now instead of on the
-    /// first [`Slot::load`].
+    /// first ask, and kept for the life of the registry. With `warm`, the
+    /// first mint starts now instead of on the first [`Slot::load`].
     pub fn slot(&self, request: TokenRequest, warm: bool) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = match slots.get(&request) {
-            Some((slot, _)) => slot.clone(),
-            None => {
-                let slot = Slot::new(request.clone());
-                let task = self
-                    .runtime
-                    .spawn(refresher(slot.clone(), self.minter.clone()));
-                slots.insert(request, (slot.clone(), task.abort_handle()));
-                slot
-            }
-        };
+        let slot = self.entry(request, true);
         if warm {
             slot.start();
         }
         slot
     }
 
+    /// The slot for `request` for a caller that will give it back with
+    /// [`Registry::remove`] when it is no longer used (the metadata
+    /// endpoint's tokens for scopes and audiences that clients ask for).
+    /// A slot that [`Registry::slot`] handed out stays kept.
+    pub(crate) fn on_demand(&self, request: TokenRequest) -> Slot {
+        self.entry(request, false)
+    }
+
+    fn entry(&self, request: TokenRequest, keep: bool) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = slots.get_mut(&request) {
+            e.kept |= keep;
+            return e.slot.clone();
+        }
+        let slot = Slot::new(request.clone());
+        let task = self
+            .runtime
+            .spawn(refresher(slot.clone(), self.minter.clone()));
+        slots.insert(
+            request,
+            Entry {
+                slot: slot.clone(),
+                refresher: task.abort_handle(),
+                kept: keep,
+            },
+        );
+        slot
+    }
+
+    /// Removes the slot for `request` and stops its refresher, if it was
+    /// only ever handed out by [`Registry::on_demand`]; returns whether it
+    /// was removed. A slot that a route (or anything else that asked with
+    /// [`Registry::slot`]) holds is never removed: both the check and
+    /// every hand-out happen under the registry's lock, so a route either
+    /// got the slot first (and it stays) or gets a new one afterwards.
+    /// Whoever still holds a clone of a removed slot gets an error from
+    /// it, never a token that is no longer refreshed.
+    pub(crate) fn remove(&self, request: &TokenRequest) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.get(request).is_none_or(|e| e.kept) {
+            return false;
+        }
+        let Some(e) = slots.remove(request) else {
+            return false;
+        };
+        drop(slots);
+        e.refresher.abort();
+        e.slot.store_expired(Arc::new(CredentialError::Released {
+            target: request.target_principal().to_owned(),
+        }));
+        true
+    }
+
     /// Every slot, for health and metrics.
     pub fn slots(&self) -> Vec<Slot> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.values().map(|(s, _)| s.clone()).collect()
+        slots.values().map(|e| e.slot.clone()).collect()
     }
 }
 
@@ -184,8 +240,8 @@ impl SlotSource for Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         let slots = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
-        for (_, task) in slots.values() {
-            task.abort();
+        for e in slots.values() {
+            e.refresher.abort();
         }
     }
 }

@@ -89,6 +89,15 @@ pub enum CredentialError {
     /// The upstream client could not be built from `[upstream]`.
     #[error("{0}")]
     Setup(#[from] crate::net::UpstreamSetupError),
+    /// The slot was released because no client used it for a while (the
+    /// metadata endpoint's on-demand tokens); asking again makes a new one.
+    #[error(
+        "the token slot for {target} was released after it went unused; ask for the token again"
+    )]
+    Released {
+        /// The target principal (email).
+        target: String,
+    },
     /// The cached token for the target expired and no refresh succeeded.
     #[error("the token for {target} expired and could not be refreshed{}", expired_cause(.cause))]
     Expired {
@@ -142,6 +151,7 @@ impl CredentialError {
             CredentialError::BadResponse { .. } => "bad_response",
             CredentialError::InvalidRequest { .. } => "invalid_request",
             CredentialError::Expired { .. } => "expired",
+            CredentialError::Released { .. } => "released",
             CredentialError::Setup(_) => "setup",
         }
     }

@@ -204,6 +204,9 @@ pub(crate) struct Record {
     /// Whom the request acted as: written as `target_principal` and
     /// `delegates` (omitted when `None` / empty).
     pub acting_as: Option<Arc<dyn Principal>>,
+    /// The audience a metadata identity request asked for (omitted when
+    /// `None`); never the ID token.
+    pub audience: Option<Arc<str>>,
     pub status: u16,
     /// Written as `duration_ms`, to the microsecond.
     pub duration: std::time::Duration,
@@ -232,6 +235,7 @@ impl Record {
             route: None,
             action: AuditAction::None,
             acting_as: None,
+            audience: None,
             status: 0,
             duration: std::time::Duration::ZERO,
             bytes_in: 0,
@@ -294,6 +298,10 @@ impl Record {
                 }
                 out.push(b']');
             }
+        }
+        if let Some(audience) = &self.audience {
+            out.extend_from_slice(b",\"audience\":");
+            json_str(out, audience);
         }
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
@@ -471,6 +479,7 @@ mod tests {
                 "b@p.iam.gserviceaccount.com".to_owned(),
             ],
         )));
+        r.audience = Some("https://svc.example.run.app".into());
         r.status = 200;
         r.duration = std::time::Duration::from_micros(1_250);
         r.bytes_in = 7;
@@ -498,6 +507,7 @@ mod tests {
                 "action": "impersonate",
                 "target_principal": "reader@p.iam.gserviceaccount.com",
                 "delegates": ["a@p.iam.gserviceaccount.com", "b@p.iam.gserviceaccount.com"],
+                "audience": "https://svc.example.run.app",
                 "status": 200,
                 "duration_ms": 1.25,
                 "bytes_in": 7,
@@ -513,13 +523,14 @@ mod tests {
         r.client_name = None;
         r.route = None;
         r.acting_as = None;
+        r.audience = None;
         r.path = None;
         r.duration = std::time::Duration::from_nanos(2_000_999_999);
         let mut out = Vec::new();
         r.write_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        for absent in ["client_name", "target_principal", "delegates"] {
+        for absent in ["client_name", "target_principal", "delegates", "audience"] {
             assert!(!keys.contains(&absent), "{absent} written");
         }
         assert_eq!(v["route"], serde_json::Value::Null);

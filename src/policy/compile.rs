@@ -88,14 +88,8 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
         .map(|(i, s)| cidr(format!("intercept.allow_private[{i}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
     let m = &cfg.metadata;
-    for (i, name) in m.real_clients.iter().enumerate() {
-        if !cfg.clients.iter().any(|c| &c.name == name) {
-            return Err(ConfigError::invalid(
-                format!("metadata.real_clients[{i}]"),
-                format!("`{name}` is not the name of any [[client]]"),
-            ));
-        }
-    }
+    client_names(cfg, "metadata.real_clients", &m.real_clients)?;
+    client_names(cfg, "metadata.id_token_clients", &m.id_token_clients)?;
     if let Some(sa) = m.service_account.as_deref().filter(|_| m.enabled) {
         principal_email(sa)
             .map_err(|e| ConfigError::invalid("metadata.service_account", e.to_string()))?;
@@ -139,6 +133,21 @@ fn token_destinations(
                     format!("`{h}`: a route that attaches an access token names exact hosts or wildcards under googleapis.com; under `*{sfx}` hosts are not all Google's, and whoever runs one would receive the token. List the exact hosts, or use action = \"passthrough\""),
                 ))
             }
+        }
+    }
+    Ok(())
+}
+
+/// A list of `[[client]]` names (`metadata.real_clients`,
+/// `metadata.id_token_clients`): a typo would silently refuse the client
+/// meant.
+fn client_names(cfg: &Config, key: &str, names: &[String]) -> Result<(), ConfigError> {
+    for (i, name) in names.iter().enumerate() {
+        if !cfg.clients.iter().any(|c| &c.name == name) {
+            return Err(ConfigError::invalid(
+                format!("{key}[{i}]"),
+                format!("`{name}` is not the name of any [[client]]; add a [[client]] with that name or remove it"),
+            ));
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::OtherHosts;
-use crate::control::metadata::Metadata;
+use crate::control::metadata::{self, Metadata};
 use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{AuditAction, Record};
 use crate::ops::observe;
@@ -264,13 +264,14 @@ async fn serve_metadata(
     guard: InFlight,
 ) -> Response<ProxyBody> {
     let resp = metadata
-        .answer(shared.control.registry(), client.as_ref(), &req)
+        .answer(shared.control.registry(), client.as_ref(), peer, &req)
         .await;
     let host = request_authority(&req).unwrap_or_default();
     let mut record = Record::new(peer, req.method(), &host.into(), req.uri());
     record.client_name = client.map(|c| c.name);
     record.action = AuditAction::Metadata;
     record.acting_as = Some(metadata.principal());
+    record.audience = metadata::audience(&resp);
     record.status = resp.status().as_u16();
     let audit = shared.audit.enabled().then(|| shared.audit.clone());
     observe::finish(resp, guard, record, audit)

@@ -200,6 +200,31 @@ async fn debug_of_a_slot_never_shows_the_token() {
     assert!(format!("{slot:?}").contains("redacted"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn only_slots_no_route_asked_for_are_removed_and_their_refreshers_stop() {
+    let minter = Scripted::new(Duration::from_secs(20));
+    let registry = Registry::new(minter.clone());
+    let on_demand = registry.on_demand(request());
+    on_demand.get().await.unwrap();
+    assert!(registry.remove(&request()));
+    assert!(registry.slots().is_empty());
+    assert!(matches!(on_demand.load(), Err(Unavailable::Failed(_))));
+    let mints = minter.mints.load(Ordering::SeqCst);
+    sleep(Duration::from_secs(120)).await;
+    assert_eq!(minter.mints.load(Ordering::SeqCst), mints);
+    assert!(!registry.remove(&request()), "removed twice");
+
+    // A route asks with `slot` before or after the endpoint: kept either way.
+    let route = registry.slot(request(), false);
+    assert!(!registry.remove(&request()));
+    registry.on_demand(request());
+    assert!(!registry.remove(&request()));
+    route.get().await.unwrap();
+    sleep(Duration::from_secs(120)).await;
+    assert!(minter.mints.load(Ordering::SeqCst) > mints + 1);
+    assert!(route.load().is_ok());
+}
+
 #[test]
 fn refresh_delay_is_five_minutes_early_or_at_three_quarters() {
     for _ in 0..100 {
