@@ -211,7 +211,8 @@ impl Clients {
         peer: IpAddr,
         presented: &Presented,
     ) -> Result<Option<ClientId>, Refusal> {
-        let Some(prior) = prior else {
+        let Some(prior) = prior.filter(|_| !self.clients.is_empty()) else {
+            // Anonymous then, or anyone may use the proxy now.
             return self.identify(peer, presented);
         };
         let peer = unmap(peer);

@@ -40,6 +40,9 @@ pub(crate) struct Target {
     /// `host` or `host:port` (port only when not the scheme's default):
     /// what `Host` says upstream.
     pub authority: Authority,
+    /// `authority` as the `Host` value sent upstream, made once per
+    /// connection.
+    pub host_header: HeaderValue,
     /// Where the upstream connection goes: `authority` (TLS verifies the
     /// name), or for plain `http://` the address the egress check passed,
     /// so that DNS cannot answer differently at connect time.
@@ -60,10 +63,13 @@ impl Target {
         let authority = text
             .parse::<Authority>()
             .map_err(|_| format!("`{host}` is not a valid host"))?;
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{host}` is not a valid host"))?;
         Ok(Target {
             scheme,
             host: host.into(),
             port,
+            host_header,
             dial: authority.clone(),
             authority,
         })
@@ -406,9 +412,9 @@ async fn route_and_forward(
     // when an HTTP/1.0 request had none: the upstream acts on this one.
     // (HTTP/2 carries it as `:authority`, from the URI.)
     if client_version < Version::HTTP_2 || parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
-            parts.headers.insert(header::HOST, v);
-        }
+        parts
+            .headers
+            .insert(header::HOST, target.host_header.clone());
     }
 
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
