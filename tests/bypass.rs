@@ -18,7 +18,7 @@ use base64::Engine;
 use client::*;
 use http::header::{AUTHORIZATION, CONNECTION, HOST};
 use http::{HeaderValue, Method, StatusCode};
-use impersonate_proxy::{Config, Proxy};
+use impersonate_proxy::Config;
 use proxy::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -312,34 +312,6 @@ fn wildcard_token_routes_outside_googleapis_are_config_errors() {
     .unwrap();
 }
 
-/// A proxy serving `path`'s config, with a handle to reload it.
-async fn reloadable(cfg: Config, dir: TempDir) -> (TestProxy, impersonate_proxy::Reloader) {
-    let proxy = Proxy::bind(&cfg)
-        .await
-        .unwrap()
-        .with_config_file(dir.join("proxy.toml"));
-    let reloader = proxy.reloader();
-    let addr = proxy.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        proxy
-            .serve(async move {
-                let _ = rx.await;
-            })
-            .await
-            .expect("the proxy starts serving")
-    });
-    let proxy = TestProxy {
-        addr,
-        admin: None,
-        ca_pem: cfg.ca.cert.clone(),
-        _dir: dir,
-        shutdown: Some(tx),
-        done: Some(done),
-    };
-    (proxy, reloader)
-}
-
 fn basic(user: &str, password: &str) -> String {
     let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Proxy-Authorization: Basic {b}\r\n")
@@ -380,7 +352,7 @@ async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
     let (cfg, cdir) = config_with_ca("bypass-reorder", &format!("{head}{alice}{bob}{routes}"));
     let config = cdir.join("proxy.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let (proxy, reloader) = reloadable(cfg, cdir).await;
+    let (proxy, reloader) = start_reloadable(cfg, cdir).await;
 
     let mut c = client_with(&proxy, STORAGE, false, &basic("bob", "bob-secret")).await;
     let principal = |resp: http::Response<hyper::body::Incoming>| async move {

@@ -2,34 +2,25 @@
 //! the worker threads need threads, event loops and file descriptors. The
 //! process must then say why and exit 1, not 0.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_impersonate-proxy")
 }
 
-/// A directory removed when dropped.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 #[cfg(unix)]
 fn workers_that_cannot_start_make_the_process_exit_1() {
-    let dir = Dir(std::env::temp_dir().join(format!("ip-start-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = support::tempdir("start");
     let ca = Command::new(bin())
         .args(["ca", "init", "--dir"])
-        .arg(dir.0.join("certs"))
+        .arg(dir.join("certs"))
         .output()
         .unwrap();
     assert!(ca.status.success(), "{ca:?}");
-    let config = dir.0.join("proxy.toml");
+    let config = dir.join("proxy.toml");
     // Every worker needs an event loop and a copy of the listening socket:
     // 1,024 of them cannot fit under 64 file descriptors, while the
     // config, the CA and the listener can.
@@ -38,7 +29,7 @@ fn workers_that_cannot_start_make_the_process_exit_1() {
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1024\n[source]\ntype = \"access_token\"\ntoken_file = \"token.txt\"\n",
     )
     .unwrap();
-    std::fs::write(dir.0.join("token.txt"), "ya29.start-test\n").unwrap();
+    std::fs::write(dir.join("token.txt"), "ya29.start-test\n").unwrap();
     let out = Command::new("sh")
         .arg("-c")
         .arg(r#"ulimit -n 64 && exec "$0" run --config "$1""#)

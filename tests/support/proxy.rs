@@ -57,7 +57,20 @@ pub fn config_with_proxy_keys(name: &str, proxy_keys: &str, extra: &str) -> (Con
 /// Starts `cfg` in this process; the proxy holds `dir` (its config) from
 /// now on.
 pub async fn start_proxy(cfg: Config, dir: TempDir) -> TestProxy {
-    let proxy = Proxy::bind(&cfg).await.unwrap();
+    start_reloadable(cfg, dir).await.0
+}
+
+/// [`start_proxy`], with a handle that reloads `dir/proxy.toml` (the file
+/// [`config_with_ca`] wrote) as SIGHUP would.
+pub async fn start_reloadable(
+    cfg: Config,
+    dir: TempDir,
+) -> (TestProxy, impersonate_proxy::Reloader) {
+    let proxy = Proxy::bind(&cfg)
+        .await
+        .unwrap()
+        .with_config_file(dir.join("proxy.toml"));
+    let reloader = proxy.reloader();
     let addr = proxy.local_addr();
     let admin = proxy.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,14 +82,15 @@ pub async fn start_proxy(cfg: Config, dir: TempDir) -> TestProxy {
             .await
             .expect("the proxy starts serving")
     });
-    TestProxy {
+    let proxy = TestProxy {
         addr,
         admin,
         ca_pem: cfg.ca.cert.clone(),
         _dir: dir,
         shutdown: Some(tx),
         done: Some(done),
-    }
+    };
+    (proxy, reloader)
 }
 
 /// A route that forwards every Google API request untouched: transport
