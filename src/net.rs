@@ -11,7 +11,7 @@ mod host;
 pub mod tls;
 pub mod tune;
 
-pub use addr::{is_internal, parse_cidr, unmap};
+pub use addr::{embedded_ipv4, is_internal, parse_cidr, unmap};
 pub use body::{full_body, stream_body, BoxError, ProxyBody};
 pub(crate) use client::Connector;
 pub use client::{error_chain, ForwardError, Outbound, UpstreamSetupError};
