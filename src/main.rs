@@ -98,6 +98,11 @@ enum CaCommand {
         /// Replace an existing CA.
         #[arg(long)]
         force: bool,
+        /// A domain the CA may sign for (itself and every name under it);
+        /// repeat for several. Default: googleapis.com, run.app,
+        /// cloudfunctions.net.
+        #[arg(long = "permit", value_name = "DOMAIN")]
+        permit: Vec<String>,
     },
 }
 
@@ -114,8 +119,8 @@ fn main() -> ExitCode {
     init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     match cli.command {
         Command::Ca {
-            command: CaCommand::Init { dir, force },
-        } => ca_init(&dir, force),
+            command: CaCommand::Init { dir, force, permit },
+        } => ca_init(&dir, force, &permit),
         Command::Check { config } => check(&config),
         Command::Run {
             config: Some(config),
@@ -169,8 +174,13 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| fail(2, e))
 }
 
-fn ca_init(dir: &Path, force: bool) -> ExitCode {
-    match ca::init(dir, force) {
+fn ca_init(dir: &Path, force: bool, permit: &[String]) -> ExitCode {
+    let permitted: Vec<&str> = if permit.is_empty() {
+        ca::DEFAULT_PERMITTED.to_vec()
+    } else {
+        permit.iter().map(String::as_str).collect()
+    };
+    match ca::init_permitting(dir, force, &permitted) {
         Ok((cert, key)) => {
             let cert = std::fs::canonicalize(&cert).unwrap_or(cert);
             let c = cert.display();
@@ -178,6 +188,10 @@ fn ca_init(dir: &Path, force: bool) -> ExitCode {
             println!(
                 "and its key {} (readable by you only; keep it secret).",
                 key.display()
+            );
+            println!(
+                "It can sign certificates only for names under {} (X.509 name constraints; change with --permit).",
+                permitted.join(", ")
             );
             println!();
             println!("Trust it in the clients that go through the proxy:");
@@ -189,7 +203,7 @@ fn ca_init(dir: &Path, force: bool) -> ExitCode {
             println!("  OpenSSL/Go/most: export SSL_CERT_FILE={c}   (replaces the system roots for that process)");
             ExitCode::SUCCESS
         }
-        Err(e @ ca::CaError::Exists { .. }) => fail(2, e),
+        Err(e @ (ca::CaError::Exists { .. } | ca::CaError::BadPermit { .. })) => fail(2, e),
         Err(e) => fail(1, e),
     }
 }

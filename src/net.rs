@@ -11,8 +11,11 @@ mod host;
 pub mod tls;
 pub mod tune;
 
-pub use addr::{is_internal, parse_cidr, unmap};
+pub use addr::{embedded_ipv4, is_internal, parse_cidr, unmap};
 pub use body::{full_body, stream_body, BoxError, ProxyBody};
 pub(crate) use client::Connector;
 pub use client::{error_chain, ForwardError, Outbound, UpstreamSetupError};
-pub use host::{default_port, is_dns_name, normalize_host, request_authority, HostPattern};
+pub use host::{
+    default_port, ends_in_number, is_dns_name, normalize_host, parse_client_host,
+    parse_ipv4_numeric, request_authority, ClientHost, HostPattern,
+};

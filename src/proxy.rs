@@ -205,6 +205,7 @@ impl Proxy {
             routes = data.control.policy().routes().routes().len(),
             "config loaded"
         );
+        warn_outside_ca_names(&data);
         Ok(Proxy {
             data: Arc::new(data),
             listener,
@@ -316,4 +317,25 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(tune::ACCEPT_BACKLOG)
+}
+
+/// Says at start-up which intercepted hosts the CA cannot sign for: their
+/// clients would see a refused handshake (the mint is refused with the
+/// fix, see `ca.rs`), so the operator should hear it before a client does.
+fn warn_outside_ca_names(data: &DataPlane) {
+    let names = data.ca.names();
+    if !names.is_constrained() {
+        tracing::info!("the CA has no name constraints: whoever steals its key can impersonate any site to clients that trust it; `ca init --force` creates a constrained one");
+        return;
+    }
+    let policy = data.control.policy();
+    for pattern in &policy.egress.intercept {
+        if !names.permits_pattern(pattern) {
+            tracing::warn!(
+                host = %pattern,
+                ca_permits = %names.describe(),
+                "intercepted host is outside the CA's name constraints: its clients will be refused; create a CA with `ca init --force --permit DOMAIN` for every intercepted domain, or stop intercepting it"
+            );
+        }
+    }
 }

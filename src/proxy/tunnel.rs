@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::OtherHosts;
-use crate::net::{full_body, is_dns_name, normalize_host, ProxyBody};
+use crate::net::{full_body, normalize_host, parse_client_host, ClientHost, ProxyBody};
 use crate::ops::audit::AuditAction;
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
@@ -164,15 +164,14 @@ pub(crate) fn parse_connect_target(raw: &str) -> Result<(String, u16), String> {
     if host.is_empty() || host.len() > 253 {
         return Err("CONNECT host is empty or longer than 253 bytes".into());
     }
-    let is_ip = host.parse::<IpAddr>().is_ok();
-    let is_name = is_dns_name(host.strip_suffix('.').unwrap_or(host));
-    if !is_ip && !is_name {
-        return Err(format!(
-            "CONNECT host `{}` is not a host name or an IP address",
-            shorten(host)
-        ));
+    // Numeric spellings (`2130706433`, `0x7f.1`) become the address the
+    // resolver would have made of them, so the IP-literal and egress
+    // rules see it and it is never intercepted as a name.
+    match parse_client_host(host) {
+        Ok(ClientHost::Ip(ip)) => Ok((ip.to_string(), port)),
+        Ok(ClientHost::Name(name)) => Ok((name, port)),
+        Err(msg) => Err(format!("CONNECT {msg}")),
     }
-    Ok((normalize_host(host), port))
 }
 
 fn shorten(s: &str) -> String {
@@ -397,6 +396,29 @@ mod tests {
         );
         assert_eq!(p("[::1]:8443"), Ok(("::1".into(), 8443)));
         assert_eq!(p("10.0.0.1:443"), Ok(("10.0.0.1".into(), 443)));
+        // inet_aton spellings are the address they mean, never a name.
+        for numeric in [
+            "2130706433:443",
+            "0x7f000001:443",
+            "0177.0.0.1:443",
+            "127.1:443",
+            "0x7f.1:443",
+            "0X7F.0.0.1.:443",
+        ] {
+            assert_eq!(p(numeric), Ok(("127.0.0.1".into(), 443)), "{numeric}");
+        }
+        for bad in [
+            "1.2.3.4.5:443",
+            "256.0.0.1:443",
+            "example.123:443",
+            "a.0x1f:443",
+        ] {
+            let err = p(bad).unwrap_err();
+            assert!(err.starts_with("CONNECT host"), "{bad}: {err}");
+        }
+        assert!(p("example.123:443")
+            .unwrap_err()
+            .contains("ends in a number"));
         for bad in [
             "storage.googleapis.com",
             "storage.googleapis.com:0",

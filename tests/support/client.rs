@@ -257,7 +257,7 @@ pub async fn assert_still_serves(proxy: &TestProxy, connect_headers: &str, after
 #[allow(dead_code)]
 pub async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Impersonate-Proxy: reload\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut buf = Vec::new();
