@@ -31,6 +31,7 @@ use crate::net::{full_body, request_authority, unmap, ProxyBody};
 use crate::ops::audit::Principal;
 use crate::policy::clients::ClientId;
 use crate::policy::inject::PLACEHOLDER_PREFIX;
+use crate::policy::normalize;
 
 use on_demand::{OnDemand, Owner, Refused};
 
@@ -495,7 +496,7 @@ fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+            b'%' if i + 2 < b.len() => match (normalize::hex(b[i + 1]), normalize::hex(b[i + 2])) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -509,9 +510,6 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
 
 #[cfg(test)]
 mod tests {

@@ -128,7 +128,8 @@ fn standard(m: &Method) -> Result<(), Refusal> {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-fn hex(c: u8) -> Option<u8> {
+/// The value of one hex digit.
+pub(crate) fn hex(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
