@@ -594,10 +594,8 @@ impl ResolvesServerCert for FixedCert {
 mod tests {
     use super::*;
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ip-ca-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    fn tempdir(name: &str) -> crate::test_dir::TempDir {
+        crate::test_dir::TempDir::new(&format!("ca-{name}"))
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod net;
 mod ops;
 pub mod policy;
 pub mod proxy;
+#[cfg(test)]
+mod test_dir;
 
 pub use config::Config;
 pub use proxy::{Proxy, Reloader, StartError};

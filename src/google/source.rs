@@ -20,6 +20,8 @@ mod file;
 pub(crate) mod test_files {
     use std::path::{Path, PathBuf};
 
+    use crate::test_dir::TempDir;
+
     pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         std::fs::create_dir_all(dir).unwrap();
         let p = dir.join(name);
@@ -27,8 +29,8 @@ pub(crate) mod test_files {
         p
     }
 
-    pub(crate) fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("ip-source-{}-{name}", std::process::id()))
+    pub(crate) fn tmp(name: &str) -> TempDir {
+        TempDir::new(&format!("source-{name}"))
     }
 }
 

@@ -289,10 +289,8 @@ mod tests {
         Clients::load(&cfg).unwrap()
     }
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ip-clients-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn dir(name: &str) -> crate::test_dir::TempDir {
+        crate::test_dir::TempDir::new(&format!("clients-{name}"))
     }
 
     fn secret(dir: &Path, name: &str, value: &str, mode: u32) {

@@ -102,7 +102,7 @@ mod tests {
         write(&gcloud, "application_default_credentials.json", au);
         let env = AdcEnv {
             cloudsdk_config: Some(gcloud.clone()),
-            home: Some(dir.clone()),
+            home: Some(dir.to_path_buf()),
             ..AdcEnv::default()
         };
         assert_eq!(
