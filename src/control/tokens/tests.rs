@@ -235,3 +235,39 @@ fn refresh_delay_is_five_minutes_early_or_at_three_quarters() {
         assert!(refresh_delay(Duration::from_millis(10)) >= Duration::from_millis(5));
     }
 }
+
+/// The metadata endpoint asks for slots from worker threads, each with a
+/// runtime of its own that may stop while the slot lives: the refresher
+/// must run on the registry's (the control plane's) runtime instead.
+#[test]
+fn a_slot_asked_for_on_another_thread_refreshes_on_the_registrys_runtime() {
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let minter = Scripted::new(Duration::from_secs(3600));
+    let registry = Arc::new(control.block_on(async { Registry::new(minter.clone()) }));
+    // A worker's own runtime, dropped right after asking: a refresher
+    // spawned there would die with it (and outside any runtime, Tokio's
+    // spawn panics).
+    let slot = {
+        let registry = registry.clone();
+        std::thread::spawn(move || {
+            let worker = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            worker.block_on(async { registry.slot(request(), true) })
+        })
+        .join()
+        .unwrap()
+    };
+    let token = control.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), slot.get())
+            .await
+            .expect("the refresher runs although the asking runtime is gone")
+    });
+    assert_eq!(token.unwrap().to_str().unwrap(), "Bearer tok-0");
+    assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+}
