@@ -1,11 +1,12 @@
 //! A local stand-in for the Google endpoints the proxy talks to — the OAuth
-//! token endpoint, IAM Credentials, a small Storage JSON API, and the
-//! metadata server — speaking their wire formats over real TCP and TLS.
+//! token endpoint, IAM Credentials, a small Cloud Storage API (JSON, media
+//! download, the three upload protocols), and the metadata server — speaking their wire formats over real TCP and TLS.
 //! The offline `demo` command and the tests point the proxy at it with
 //! [`Emulator::upstream_config`], exactly as a user would configure
 //! `[upstream]`.
 
 mod cert;
+mod crc32c;
 mod iam;
 mod metadata;
 mod oauth;
@@ -100,6 +101,26 @@ impl Counters {
             .map(|(_, n)| n)
             .sum()
     }
+}
+
+/// One data call the emulator served: an object upload or download. Tests
+/// read them to see who moved how much, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataCall {
+    /// `storage.upload` or `storage.download`.
+    pub endpoint: &'static str,
+    /// The account whose token the call carried.
+    pub principal: String,
+    /// `BUCKET/OBJECT`.
+    pub resource: String,
+    /// The object's bytes moved.
+    pub bytes: u64,
+    /// The HTTP version the call arrived over: `HTTP/1.1` or `HTTP/2`.
+    pub http_version: &'static str,
+    /// For an upload, its protocol: `media`, `multipart` or `resumable`
+    /// (the call that completed it); empty otherwise.
+    pub upload_type: &'static str,
 }
 
 /// A token the emulator issued.
@@ -254,6 +275,23 @@ impl Emulator {
     /// A snapshot of the call counters.
     pub fn counters(&self) -> Counters {
         Counters(self.state.lock().counters.clone())
+    }
+
+    /// Every upload and download so far, in order.
+    pub fn data_calls(&self) -> Vec<DataCall> {
+        self.state.lock().data_calls.clone()
+    }
+
+    /// Stores an object (as if uploaded), for clients to list and download.
+    /// Every bucket also holds a 6-byte `hello.txt` until one replaces it.
+    pub fn put_object(&self, bucket: &str, name: &str, data: impl Into<Bytes>) {
+        self.state
+            .put_object(bucket, name, "application/octet-stream", data.into());
+    }
+
+    /// The bytes of an object the emulator holds (uploaded or put).
+    pub fn object(&self, bucket: &str, name: &str) -> Option<Bytes> {
+        storage::lookup(&self.state, bucket, name).map(|o| o.data)
     }
 
     /// While on, IAM Credentials answers 503 to everything.

@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 use super::state::State;
 use super::{google_error, iam, metadata, oauth, storage, Reply};
 
+/// A request body the emulator reads whole: uploads in the client tests
+/// are a few MiB.
+const MAX_BODY: usize = 64 << 20;
+
 /// The bearer token of a request, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -40,7 +44,7 @@ fn request_host(req: &Request<Incoming>) -> String {
 async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let host = request_host(&req);
     let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, 1 << 20).collect().await else {
+    let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
         return Ok(google_error(
             400,
             "INVALID_ARGUMENT",
@@ -51,16 +55,19 @@ async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
     let token = bearer(&parts.headers);
     let caller = token.and_then(|t| state.principal_of(t));
     let path = parts.uri.path();
-    Ok(match host.as_str() {
+    let reply = match host.as_str() {
         "oauth2.googleapis.com" => oauth::token(&state, &parts.method, path, &body),
         "iamcredentials.googleapis.com" => iam::handle(&state, &parts.method, path, caller, &body),
-        "storage.googleapis.com" => storage::handle(&state, &parts, caller, token.is_some()),
+        "storage.googleapis.com" => {
+            storage::handle(&state, &host, &parts, body, caller, token.is_some())
+        }
         _ => google_error(
             404,
             "NOT_FOUND",
-            &format!("The emulator does not serve {host}."),
+            &format!("The emulator does not serve {host} {path}."),
         ),
-    })
+    };
+    Ok(reply)
 }
 
 pub(crate) async fn serve_tls(
