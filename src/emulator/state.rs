@@ -1,7 +1,7 @@
 //! What the emulator remembers: who may mint for whom, which keys and
 //! logins exist, every token it issued (principal, expiry), call counters,
-//! the objects it stores, every data call (who, what, how many bytes), and
-//! injected failures.
+//! the objects it stores and the messages published to it, every data call
+//! (who, what, how many bytes), and injected failures.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::DataCall;
+use super::{DataCall, PublishedMessage};
 use crate::google::jwt::{unix, SigningKey};
 
 /// The one RSA key every emulated service account key file holds, and that
@@ -64,9 +64,11 @@ pub(crate) struct Inner {
     pub(crate) objects: BTreeMap<(String, String), Object>,
     /// upload_id → resumable upload session.
     pub(crate) uploads: HashMap<String, Resumable>,
-    /// Every upload and download, in order.
+    /// Every upload, download and publish, in order.
     pub(crate) data_calls: Vec<DataCall>,
-    /// The last serial number handed out: object generations.
+    /// (topic, message), in the order they were published.
+    pub(crate) published: Vec<(String, PublishedMessage)>,
+    /// The last serial number handed out: object generations, message ids.
     pub(crate) serial: u64,
 }
 
@@ -99,6 +101,7 @@ impl State {
                 objects: BTreeMap::new(),
                 uploads: HashMap::new(),
                 data_calls: Vec::new(),
+                published: Vec::new(),
                 serial: 1_700_000_000_000_000,
             }),
         })
@@ -116,7 +119,7 @@ impl State {
             .or_default() += 1;
     }
 
-    /// Records an upload or download.
+    /// Records an upload, download or publish.
     pub(crate) fn record(&self, call: DataCall) {
         self.lock().data_calls.push(call);
     }

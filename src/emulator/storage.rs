@@ -46,6 +46,7 @@ impl Call<'_> {
             principal: self.principal.clone(),
             resource,
             bytes: bytes as u64,
+            messages: 0,
             http_version: self.http_version,
             upload_type,
         });
