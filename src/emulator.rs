@@ -1,14 +1,17 @@
 //! A local stand-in for the Google endpoints the proxy talks to — the OAuth
-//! token endpoint, IAM Credentials, a small Storage JSON API, and the
+//! token endpoint, IAM Credentials, a small Cloud Storage API (JSON, media
+//! download, the three upload protocols), Pub/Sub's gRPC `Publish`, and the
 //! metadata server — speaking their wire formats over real TCP and TLS.
 //! The offline `demo` command and the tests point the proxy at it with
 //! [`Emulator::upstream_config`], exactly as a user would configure
 //! `[upstream]`.
 
 mod cert;
+mod crc32c;
 mod iam;
 mod metadata;
 mod oauth;
+mod pubsub;
 mod serve;
 mod state;
 mod storage;
@@ -32,10 +35,11 @@ use state::{key_id, State, FIXTURE_KEY_PEM};
 
 /// The hosts the TLS listener answers for (its certificate also covers
 /// `*.googleapis.com`).
-pub const HOSTS: [&str; 3] = [
+pub const HOSTS: [&str; 4] = [
     "oauth2.googleapis.com",
     "iamcredentials.googleapis.com",
     "storage.googleapis.com",
+    "pubsub.googleapis.com",
 ];
 
 /// The emulator could not start.
@@ -79,7 +83,7 @@ impl Default for EmulatorOptions {
 
 /// Calls the emulator received, by endpoint and principal. Endpoints:
 /// `token`, `generateAccessToken`, `generateIdToken` (by target), `storage`
-/// (by caller), `metadata.token`, `metadata.identity`.
+/// and `pubsub` (by caller), `metadata.token`, `metadata.identity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters(BTreeMap<(String, String), u64>);
 
@@ -100,6 +104,45 @@ impl Counters {
             .map(|(_, n)| n)
             .sum()
     }
+}
+
+/// One data call the emulator served: an object upload or download, or a
+/// Pub/Sub publish. Tests read them to see who moved how much, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataCall {
+    /// `storage.upload`, `storage.download` or `pubsub.publish`.
+    pub endpoint: &'static str,
+    /// The account whose token the call carried.
+    pub principal: String,
+    /// `BUCKET/OBJECT`, or the topic (`projects/P/topics/T`).
+    pub resource: String,
+    /// The payload: the object's bytes moved, or the messages' `data` summed.
+    pub bytes: u64,
+    /// Messages published (0 for Storage calls).
+    pub messages: u64,
+    /// The HTTP version the call arrived over: `HTTP/1.1` or `HTTP/2`
+    /// (gRPC is always `HTTP/2`).
+    pub http_version: &'static str,
+    /// For an upload, its protocol: `media`, `multipart` or `resumable`
+    /// (the call that completed it); empty otherwise.
+    pub upload_type: &'static str,
+}
+
+/// A message published to the emulated Pub/Sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishedMessage {
+    /// The id the emulator gave it.
+    pub message_id: String,
+    /// Its `data`.
+    pub data: Bytes,
+    /// Its `attributes`.
+    pub attributes: BTreeMap<String, String>,
+    /// Its `ordering_key` (empty if none).
+    pub ordering_key: String,
+    /// Who published it.
+    pub principal: String,
 }
 
 /// A token the emulator issued.
@@ -254,6 +297,34 @@ impl Emulator {
     /// A snapshot of the call counters.
     pub fn counters(&self) -> Counters {
         Counters(self.state.lock().counters.clone())
+    }
+
+    /// Every upload, download and publish so far, in order.
+    pub fn data_calls(&self) -> Vec<DataCall> {
+        self.state.lock().data_calls.clone()
+    }
+
+    /// Stores an object (as if uploaded), for clients to list and download.
+    /// Every bucket also holds a 6-byte `hello.txt` until one replaces it.
+    pub fn put_object(&self, bucket: &str, name: &str, data: impl Into<Bytes>) {
+        self.state
+            .put_object(bucket, name, "application/octet-stream", data.into());
+    }
+
+    /// The bytes of an object the emulator holds (uploaded or put).
+    pub fn object(&self, bucket: &str, name: &str) -> Option<Bytes> {
+        storage::lookup(&self.state, bucket, name).map(|o| o.data)
+    }
+
+    /// The messages published to `topic` (`projects/P/topics/T`), in order.
+    pub fn published(&self, topic: &str) -> Vec<PublishedMessage> {
+        self.state
+            .lock()
+            .published
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// While on, IAM Credentials answers 503 to everything.

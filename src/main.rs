@@ -195,12 +195,15 @@ fn ca_init(dir: &Path, force: bool, permit: &[String]) -> ExitCode {
             );
             println!();
             println!("Trust it in the clients that go through the proxy:");
-            println!("  curl:            curl --cacert {c} -x http://127.0.0.1:8080 https://storage.googleapis.com/...");
-            println!("  Python requests: export REQUESTS_CA_BUNDLE={c}");
-            println!("  gRPC (C-core):   export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={c}");
-            println!("  Node.js:         export NODE_EXTRA_CA_CERTS={c}");
-            println!("  gcloud:          gcloud config set core/custom_ca_certs_file {c}");
-            println!("  OpenSSL/Go/most: export SSL_CERT_FILE={c}   (replaces the system roots for that process)");
+            println!("  curl:                   curl --cacert {c} -x http://127.0.0.1:8080 https://storage.googleapis.com/...");
+            println!("  Python requests:        export REQUESTS_CA_BUNDLE={c}");
+            println!("  gRPC (C-core, grpc-js): export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={c}");
+            println!("  Node.js:                export NODE_EXTRA_CA_CERTS={c}");
+            println!("  gcloud:                 gcloud config set core/custom_ca_certs_file {c}");
+            println!("  OpenSSL/Go/most:        export SSL_CERT_FILE={c}   (replaces the system roots for that process)");
+            println!();
+            println!("Proxy variables: set both cases (HTTPS_PROXY and https_proxy, NO_PROXY and no_proxy);");
+            println!("gRPC clients (grpc-js, C-core) read only the lower-case ones. `run` prints them all.");
             ExitCode::SUCCESS
         }
         Err(e @ (ca::CaError::Exists { .. } | ca::CaError::BadPermit { .. })) => fail(2, e),
@@ -315,13 +318,19 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-/// The lines a user pastes into the shell of the program to proxy.
+/// The lines a user pastes into the shell of the program to proxy, ended
+/// by an empty line. Proxy variables come in both cases: curl, Python,
+/// Go, gcloud and the Node libraries' agents read either, but gRPC
+/// (grpc-js, and C-core under Python, Ruby, PHP) reads only `https_proxy`
+/// and `no_proxy`, and would otherwise resolve and call Google itself.
 fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
     let ca = &cfg.ca.cert;
     let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
     let ca = ca.display();
-    println!("# Paste into the shell of the program to run through the proxy:");
+    println!("# Paste into the shell of the program to run through the proxy");
+    println!("# (both cases: gRPC reads only https_proxy and no_proxy):");
     println!("export HTTPS_PROXY=http://{addr}");
+    println!("export https_proxy=http://{addr}");
     println!("export REQUESTS_CA_BUNDLE={ca}");
     println!("export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={ca}");
     println!("export NODE_EXTRA_CA_CERTS={ca}");
@@ -333,9 +342,11 @@ fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
         println!("export GCE_METADATA_HOST={addr}");
         println!("export GCE_METADATA_IP={addr}");
         println!("export GCE_METADATA_ROOT={addr}");
-        // Node's proxy agent would CONNECT to the metadata address too.
+        // Node's proxy agents would CONNECT to the metadata address too.
         println!("export NO_PROXY={}", addr.ip());
+        println!("export no_proxy={}", addr.ip());
     }
+    println!();
 }
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {

@@ -1,20 +1,29 @@
 //! The emulator's two listeners: TLS (h2 or HTTP/1.1 by ALPN) for the
-//! Google API hosts, dispatched by `Host`/`:authority`, and plain HTTP for
-//! the metadata server.
+//! Google API hosts, dispatched by `Host`/`:authority` (gRPC to Pub/Sub
+//! needs the h2 side), and plain HTTP for the metadata server.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderMap, Request};
-use http_body_util::{BodyExt, Limited};
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::state::State;
-use super::{google_error, iam, metadata, oauth, storage, Reply};
+use super::{google_error, iam, metadata, oauth, pubsub, storage};
+
+/// A request body the emulator reads whole: uploads in the client tests
+/// are a few MiB.
+const MAX_BODY: usize = 64 << 20;
+
+/// Every answer of the TLS listener: a whole body, or gRPC (data, then
+/// trailers).
+type Answer = Response<Either<Full<Bytes>, pubsub::GrpcBody>>;
 
 /// The bearer token of a request, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -37,30 +46,37 @@ fn request_host(req: &Request<Incoming>) -> String {
     raw.to_ascii_lowercase()
 }
 
-async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let host = request_host(&req);
     let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, 1 << 20).collect().await else {
+    let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
         return Ok(google_error(
             400,
             "INVALID_ARGUMENT",
             "Request body unreadable or too large.",
-        ));
+        )
+        .map(Either::Left));
     };
     let body = body.to_bytes();
     let token = bearer(&parts.headers);
     let caller = token.and_then(|t| state.principal_of(t));
     let path = parts.uri.path();
-    Ok(match host.as_str() {
+    let reply = match host.as_str() {
         "oauth2.googleapis.com" => oauth::token(&state, &parts.method, path, &body),
         "iamcredentials.googleapis.com" => iam::handle(&state, &parts.method, path, caller, &body),
-        "storage.googleapis.com" => storage::handle(&state, &parts, caller, token.is_some()),
+        "storage.googleapis.com" => {
+            storage::handle(&state, &host, &parts, body, caller, token.is_some())
+        }
+        "pubsub.googleapis.com" if pubsub::is_grpc(&parts) => {
+            return Ok(pubsub::handle(&state, &parts, &body, caller).map(Either::Right));
+        }
         _ => google_error(
             404,
             "NOT_FOUND",
-            &format!("The emulator does not serve {host}."),
+            &format!("The emulator does not serve {host} {path}."),
         ),
-    })
+    };
+    Ok(reply.map(Either::Left))
 }
 
 pub(crate) async fn serve_tls(

@@ -1,11 +1,15 @@
 //! What the emulator remembers: who may mint for whom, which keys and
 //! logins exist, every token it issued (principal, expiry), call counters,
-//! and injected failures.
+//! the objects it stores and the messages published to it, every data call
+//! (who, what, how many bytes), and injected failures.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
+use super::{DataCall, PublishedMessage};
 use crate::google::jwt::{unix, SigningKey};
 
 /// The one RSA key every emulated service account key file holds, and that
@@ -16,6 +20,25 @@ pub(crate) const FIXTURE_KEY_PEM: &str = include_str!("emulator-sa-key.pem");
 
 /// The longest token lifetime IAM grants without the org policy.
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// An object in the emulated Cloud Storage.
+#[derive(Debug, Clone)]
+pub(crate) struct Object {
+    pub(crate) data: Bytes,
+    pub(crate) content_type: String,
+    pub(crate) generation: u64,
+    pub(crate) crc32c: u32,
+    pub(crate) created: SystemTime,
+}
+
+/// A resumable upload in progress: where it goes, and the bytes so far.
+#[derive(Debug, Clone)]
+pub(crate) struct Resumable {
+    pub(crate) bucket: String,
+    pub(crate) name: String,
+    pub(crate) content_type: String,
+    pub(crate) received: Vec<u8>,
+}
 
 /// A token the emulator issued.
 #[derive(Debug, Clone)]
@@ -37,6 +60,16 @@ pub(crate) struct Inner {
     pub(crate) lifetime_cap: Option<Duration>,
     /// The metadata server's cached token per scope list.
     pub(crate) metadata_tokens: HashMap<String, (String, SystemTime, Duration)>,
+    /// (bucket, object name) → object.
+    pub(crate) objects: BTreeMap<(String, String), Object>,
+    /// upload_id → resumable upload session.
+    pub(crate) uploads: HashMap<String, Resumable>,
+    /// Every upload, download and publish, in order.
+    pub(crate) data_calls: Vec<DataCall>,
+    /// (topic, message), in the order they were published.
+    pub(crate) published: Vec<(String, PublishedMessage)>,
+    /// The last serial number handed out: object generations, message ids.
+    pub(crate) serial: u64,
 }
 
 pub(crate) struct State {
@@ -65,6 +98,11 @@ impl State {
                 outage: false,
                 lifetime_cap,
                 metadata_tokens: HashMap::new(),
+                objects: BTreeMap::new(),
+                uploads: HashMap::new(),
+                data_calls: Vec::new(),
+                published: Vec::new(),
+                serial: 1_700_000_000_000_000,
             }),
         })
     }
@@ -79,6 +117,36 @@ impl State {
             .counters
             .entry((endpoint.to_owned(), target.to_owned()))
             .or_default() += 1;
+    }
+
+    /// Records an upload, download or publish.
+    pub(crate) fn record(&self, call: DataCall) {
+        self.lock().data_calls.push(call);
+    }
+
+    /// Stores `data` as `bucket/name` (replacing any earlier generation)
+    /// and returns the stored object.
+    pub(crate) fn put_object(
+        &self,
+        bucket: &str,
+        name: &str,
+        content_type: &str,
+        data: Bytes,
+    ) -> Object {
+        let crc32c = super::crc32c::crc32c(&data);
+        let mut inner = self.lock();
+        inner.serial += 1;
+        let object = Object {
+            crc32c,
+            data,
+            content_type: content_type.to_owned(),
+            generation: inner.serial,
+            created: SystemTime::now(),
+        };
+        inner
+            .objects
+            .insert((bucket.to_owned(), name.to_owned()), object.clone());
+        object
     }
 
     /// Issues an opaque access token for `principal`, valid for `lifetime`
