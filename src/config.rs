@@ -572,6 +572,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"10s\" or \"5m\""))
 }
 
+/// Whether a file that holds a secret (the CA key, a password file),
+/// with permission bits `mode` and owned by `owner_uid`, is readable only
+/// by whom it should be: its owner (mode 0600 or less), or, when root owns
+/// it, also its group (0640 or less). The second shape is how Kubernetes
+/// hands a Secret volume to a non-root container (`fsGroup`: root-owned,
+/// group the pod's, mode 0440); root chose that group, which is the rule
+/// PostgreSQL applies to its server key. A file of one's own stays
+/// owner-only, so a laptop's key readable by a shared group (macOS
+/// `staff`) is still refused.
+pub fn secret_mode_ok(mode: u32, owner_uid: u32) -> bool {
+    let mode = mode & 0o777;
+    if owner_uid == 0 {
+        mode & 0o037 == 0
+    } else {
+        mode & 0o077 == 0
+    }
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
@@ -890,6 +908,24 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cfg.metadata.tokens, MetadataTokens::Real);
+    }
+
+    #[test]
+    fn secret_files_are_owner_only_or_root_owned_and_group_read() {
+        for (mode, uid, ok) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 1000, false),
+            (0o604, 1000, false),
+            (0o600, 0, true),
+            (0o440, 0, true),
+            (0o640, 0, true),
+            (0o660, 0, false),
+            (0o644, 0, false),
+            (0o650, 0, false),
+        ] {
+            assert_eq!(secret_mode_ok(mode, uid), ok, "{mode:o} owned by {uid}");
+        }
     }
 
     #[test]
