@@ -289,6 +289,12 @@ pub struct ProxyConfig {
     /// one per CPU core.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// After a shutdown signal, how long `/readyz` answers 503 while the
+    /// listener keeps accepting and serving, so that load balancers and
+    /// Kubernetes endpoints stop sending new connections before it
+    /// closes. 0 (the default): stop accepting at once.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_delay: Duration,
 }
 
 /// Most `[proxy] workers` accepted.
@@ -310,6 +316,7 @@ impl Default for ProxyConfig {
             workers: None,
             listen: default_listen(),
             drain_timeout: default_drain(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -732,6 +739,12 @@ impl Config {
                     "must be longer than 0s and at most 7 days",
                 ));
             }
+        }
+        if self.proxy.shutdown_delay > MAX_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "proxy.shutdown_delay",
+                "must be at most 7 days; a few seconds more than your load balancer takes to see /readyz fail is enough (e.g. \"5s\")",
+            ));
         }
         Ok(())
     }

@@ -132,6 +132,7 @@ pub struct Proxy {
     listener: TcpListener,
     admin: Option<TcpListener>,
     drain_timeout: Duration,
+    shutdown_delay: Duration,
     workers: usize,
 }
 
@@ -211,6 +212,7 @@ impl Proxy {
             listener,
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
+            shutdown_delay: cfg.proxy.shutdown_delay,
             workers: cfg.proxy.worker_count(),
         })
     }
@@ -238,10 +240,19 @@ impl Proxy {
             .expect("a bound TCP listener has a local address")
     }
 
-    /// Serves until `signal` completes, then stops accepting, asks every
-    /// connection to finish its in-flight requests, and waits for them up
-    /// to `[proxy] drain_timeout`. Returns whether everything drained, or
-    /// why serving could not start.
+    /// Serves until `signal` completes, then shuts down in three steps:
+    ///
+    /// 1. `/readyz` answers 503 at once, while the listener keeps
+    ///    accepting and serving for `[proxy] shutdown_delay`, the time
+    ///    load balancers and Kubernetes endpoints take to stop sending
+    ///    new connections here;
+    /// 2. it stops accepting; connections the kernel had already accepted
+    ///    (the listen queue) are taken and served, not reset;
+    /// 3. every connection is asked to finish its in-flight requests
+    ///    (HTTP/1.1: close after the response; HTTP/2: GOAWAY), and they
+    ///    get up to `[proxy] drain_timeout`.
+    ///
+    /// Returns whether everything drained, or why serving could not start.
     ///
     /// Client connections are served by `[proxy] workers` threads, each
     /// running its own single-threaded event loop that accepts from the
@@ -255,27 +266,40 @@ impl Proxy {
             listener,
             admin,
             drain_timeout,
+            shutdown_delay,
             workers,
         } = self;
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
         let accepting = CancellationToken::new();
         let stop = CancellationToken::new();
+        // Each worker holds a token of this tracker until it has stopped
+        // accepting and taken what was left in the listen queue.
+        let acceptors = TaskTracker::new();
         // If this future is dropped instead of completing, the workers stop
         // too rather than serving on unowned.
         let _stop_workers = (accepting.clone().drop_guard(), stop.clone().drop_guard());
-        let threads = workers::start(&data, listener, workers, &accepting, &stop)
+        let threads = workers::start(&data, listener, workers, &accepting, &acceptors, &stop)
             .map_err(StartError::Workers)?;
+        acceptors.close();
         // The admin endpoint outlives the drain, so /readyz answers 503
         // while in-flight requests finish.
         let admin_task =
             admin.map(|l| tokio::spawn(crate::control::serve_admin(data.control.clone(), l)));
         signal.await;
+        data.control.start_draining();
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(shutdown_delay),
+                "shutting down: /readyz answers 503; still accepting and serving until load balancers have stopped sending"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+        }
         accepting.cancel();
+        acceptors.wait().await;
         tracing::info!(
             in_flight = data.tasks.len(),
-            "shutting down: draining connections"
+            "shutting down: stopped accepting; draining connections"
         );
-        data.control.start_draining();
         data.shutdown.cancel();
         data.tasks.close();
         let drained = tokio::time::timeout(drain_timeout, data.tasks.wait())

@@ -106,6 +106,11 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
     {
         restart.push("[proxy] listen/admin/workers");
     }
+    if new.proxy.drain_timeout != s.proxy.drain_timeout
+        || new.proxy.shutdown_delay != s.proxy.shutdown_delay
+    {
+        restart.push("[proxy] drain_timeout/shutdown_delay");
+    }
     if new.ca != s.ca {
         restart.push("[ca]");
     }
