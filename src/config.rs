@@ -531,6 +531,13 @@ pub struct LimitsConfig {
     /// Client connections served at once; more wait for a free place.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A client connection older than this (±10% jitter) is retired, so
+    /// that long-lived connections spread again over the replicas behind
+    /// a load balancer: HTTP/2 gets GOAWAY and finishes its streams,
+    /// HTTP/1.1 closes after the next response (`Connection: close`).
+    /// Blind tunnels are never cut. Unset: connections live until idle.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for LimitsConfig {
@@ -541,6 +548,7 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             h2_max_concurrent_streams: default_h2_streams(),
             max_connections: default_max_connections(),
+            max_connection_age: None,
         }
     }
 }
@@ -600,6 +608,10 @@ pub fn secret_mode_ok(mode: u32, owner_uid: u32) -> bool {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 impl Config {
@@ -737,6 +749,14 @@ impl Config {
                 return Err(ConfigError::invalid(
                     key,
                     "must be longer than 0s and at most 7 days",
+                ));
+            }
+        }
+        if let Some(age) = l.max_connection_age {
+            if age.is_zero() || age > MAX_TIMEOUT {
+                return Err(ConfigError::invalid(
+                    "limits.max_connection_age",
+                    "must be longer than 0s and at most 7 days (e.g. \"10m\"); leave it out to keep connections until they are idle",
                 ));
             }
         }

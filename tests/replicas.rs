@@ -1,5 +1,8 @@
 //! Many replicas: what a replica behind a load balancer needs.
 //!
+//! - `[limits] max_connection_age`: an old HTTP/2 connection gets GOAWAY
+//!   while its stream finishes, an old HTTP/1.1 one `Connection: close`,
+//!   and a blind tunnel is left alone;
 //! - `[proxy] shutdown_delay`: after SIGTERM `/readyz` answers 503 at once
 //!   while a new connection is still accepted and served.
 
@@ -14,8 +17,11 @@ mod support;
 mod upstream;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use client::*;
@@ -25,6 +31,137 @@ use support::*;
 use upstream::*;
 
 const STORAGE: &str = "storage.googleapis.com";
+
+// --------------------------------------------------------- connection age
+
+#[tokio::test]
+async fn connections_older_than_max_connection_age_move_h2_by_goaway_h1_by_connection_close() {
+    let up_dir = tempdir("age-up");
+    let certs = upstream_certs(&up_dir, &[STORAGE]);
+    let (upstream, _) = start_upstream(Some(certs.server)).await;
+    let extra = format!(
+        r#"[upstream]
+extra_ca = ["{}"]
+[upstream.resolve]
+"{STORAGE}" = "{upstream}"
+"blind.example.com" = "{upstream}"
+[intercept]
+other = "tunnel"
+allow_private = ["127.0.0.1/32"]
+[limits]
+max_connection_age = "2s"
+[audit]
+enabled = false
+{PASSTHROUGH_ALL}"#,
+        certs.ca_pem.display()
+    );
+    let (cfg, dir) = config_with_ca("age", &extra);
+    let proxy = start_proxy(cfg, dir).await;
+
+    // HTTP/2, with its connection task, to see the connection end.
+    let tls = tls_through(&proxy, &format!("{STORAGE}:443"), STORAGE, &[b"h2"])
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        impersonate_proxy::net::ProxyBody,
+    >(TokioExecutor::new(), TokioIo::new(tls))
+    .await
+    .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    // HTTP/1.1 through the same proxy, and a blind tunnel.
+    let mut h1 = client(&proxy, STORAGE, false).await;
+    let (blind, head) = raw_connect(proxy.addr, "blind.example.com:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let upstream_name = rustls_pki_types::ServerName::try_from(STORAGE).unwrap();
+    let blind = tokio_rustls::TlsConnector::from(client_tls(&certs.ca_pem, &[b"http/1.1"]))
+        .connect(upstream_name, blind)
+        .await
+        .unwrap();
+    let mut blind = handshake(blind, false).await;
+
+    // A young HTTP/1.1 connection is kept alive.
+    let resp = h1.send(for_version(get(STORAGE, "/echo"), false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("connection").is_none(), "{resp:?}");
+    body_string(resp).await;
+
+    // A 6-second stream starts on the HTTP/2 connection.
+    let resp = h2
+        .send_request(for_version(get(STORAGE, "/slow/60"), true))
+        .await
+        .unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let streaming = tokio::spawn(count_body(resp, read.clone()));
+
+    // Past the age (2 s ± 10%), the proxy sends GOAWAY: the client opens
+    // no new stream on that connection.
+    let started = Instant::now();
+    let mut refused = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        match h2
+            .send_request(for_version(get(STORAGE, "/echo"), true))
+            .await
+        {
+            Ok(resp) => {
+                body_string(resp).await;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused =
+        refused.expect("no GOAWAY within 10 s on a connection with max_connection_age = 2s");
+    let goaway_after = started.elapsed();
+    println!("HTTP/2: new stream refused after {goaway_after:?}: {refused}");
+    assert!(
+        read.load(Ordering::Relaxed) < 60 * 1024,
+        "the stream had already finished: GOAWAY came too late to show it finishes"
+    );
+    // The stream in flight finishes, then the connection closes.
+    assert_eq!(streaming.await.unwrap(), 60 * 1024, "the stream was cut");
+    let closed = eventually(Duration::from_secs(10), || {
+        std::future::ready(h2_conn.is_finished())
+    })
+    .await;
+    assert!(
+        closed,
+        "the HTTP/2 connection stayed open after its streams"
+    );
+
+    // The old HTTP/1.1 connection: its next response says Connection:
+    // close, arrives whole, and the connection closes after it.
+    let resp = h1.send(for_version(get(STORAGE, "/echo"), false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{resp:?}"
+    );
+    assert!(body_string(resp).await.contains("\"path\":\"/echo\""));
+    let h1_closed = eventually(Duration::from_secs(5), || {
+        std::future::ready(h1.is_closed())
+    })
+    .await;
+    assert!(
+        h1_closed,
+        "the HTTP/1.1 connection stayed open after Connection: close"
+    );
+
+    // A blind tunnel as old is not cut: it carries bytes the proxy cannot
+    // add a header to or send GOAWAY on.
+    let resp = blind.send(for_version(get(STORAGE, "/echo"), false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("connection").is_none(), "{resp:?}");
+    body_string(resp).await;
+    assert!(!blind.is_closed());
+    drop(blind);
+    assert!(proxy.stop().await);
+}
 
 // ---------------------------------------------------------- shutdown delay
 

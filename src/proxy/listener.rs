@@ -20,7 +20,7 @@ use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{AuditAction, Record};
 use crate::ops::observe;
 use crate::policy::clients::{ClientId, Presented};
-use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight};
+use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight, Retirement};
 use crate::proxy::request::{self, Origin, Target};
 use crate::proxy::tunnel::Dial;
 use crate::proxy::upstream::Upstream;
@@ -128,12 +128,22 @@ async fn serve_client(
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let retire = Retirement::after(shared.limits.max_connection_age);
+    let svc = service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
         let upstream = upstream.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, upstream, req, guard).await) }
+        let is_connect = req.method() == Method::CONNECT;
+        async move {
+            let mut resp = dispatch(shared, peer, permit, upstream, req, guard).await;
+            // A CONNECT turns the connection into a tunnel, which ages on
+            // its own (or, spliced blind, not at all).
+            if !is_connect {
+                retire.close_if_due(&mut resp);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(ActiveIo::new(stream, activity.clone()));
     let conn = shared.h1.serve_connection(io, svc).with_upgrades();
