@@ -295,6 +295,11 @@ pub struct ProxyConfig {
     /// closes. 0 (the default): stop accepting at once.
     #[serde(default, deserialize_with = "de_duration")]
     pub shutdown_delay: Duration,
+    /// Reload when the config file, or a password file it names, changes
+    /// (including a Kubernetes ConfigMap's `..data` symlink swap), as
+    /// SIGHUP does.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 /// Most `[proxy] workers` accepted.
@@ -317,6 +322,7 @@ impl Default for ProxyConfig {
             listen: default_listen(),
             drain_timeout: default_drain(),
             shutdown_delay: Duration::ZERO,
+            watch_config: false,
         }
     }
 }
@@ -959,6 +965,35 @@ mod tests {
         ] {
             assert_eq!(secret_mode_ok(mode, uid), ok, "{mode:o} owned by {uid}");
         }
+    }
+
+    #[test]
+    fn replica_keys_default_off_and_are_checked_with_key_names() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.proxy.shutdown_delay, Duration::ZERO);
+        assert!(!cfg.proxy.watch_config);
+        assert_eq!(cfg.limits.max_connection_age, None);
+        let cfg = parse(
+            "[proxy]\nshutdown_delay = \"5s\"\nwatch_config = true\n[limits]\nmax_connection_age = \"10m\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.proxy.shutdown_delay, Duration::from_secs(5));
+        assert!(cfg.proxy.watch_config);
+        assert_eq!(
+            cfg.limits.max_connection_age,
+            Some(Duration::from_secs(600))
+        );
+        assert!(parse("[proxy]\nshutdown_delay = \"0s\"\n").is_ok());
+        for bad in [
+            "[limits]\nmax_connection_age = \"0s\"\n",
+            "[limits]\nmax_connection_age = \"30d\"\n",
+            "[limits]\nmax_connection_age = \"later\"\n",
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("max_connection_age"), "{bad}: {err}");
+        }
+        let err = parse("[proxy]\nshutdown_delay = \"8d\"\n").unwrap_err();
+        assert!(err.to_string().contains("proxy.shutdown_delay"), "{err}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub struct Proxy {
     admin: Option<TcpListener>,
     drain_timeout: Duration,
     shutdown_delay: Duration,
+    watch_config: bool,
     workers: usize,
 }
 
@@ -213,6 +214,7 @@ impl Proxy {
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
             shutdown_delay: cfg.proxy.shutdown_delay,
+            watch_config: cfg.proxy.watch_config,
             workers: cfg.proxy.worker_count(),
         })
     }
@@ -259,7 +261,8 @@ impl Proxy {
     /// shared listener: a connection, its requests and its upstream
     /// connections stay on one thread, with no hand-offs between threads
     /// per request. The caller's runtime keeps the control plane: the
-    /// admin endpoint, token refreshes, reloads.
+    /// admin endpoint, token refreshes, reloads and `[proxy]
+    /// watch_config`.
     pub async fn serve(self, signal: impl Future<Output = ()>) -> Result<bool, StartError> {
         let Proxy {
             data,
@@ -267,6 +270,7 @@ impl Proxy {
             admin,
             drain_timeout,
             shutdown_delay,
+            watch_config,
             workers,
         } = self;
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
@@ -285,8 +289,13 @@ impl Proxy {
         // while in-flight requests finish.
         let admin_task =
             admin.map(|l| tokio::spawn(crate::control::serve_admin(data.control.clone(), l)));
+        let watcher =
+            watch_config.then(|| tokio::spawn(crate::control::watch_config(data.control.clone())));
         signal.await;
         data.control.start_draining();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         if !shutdown_delay.is_zero() {
             tracing::info!(
                 shutdown_delay = %humantime::format_duration(shutdown_delay),

@@ -1,5 +1,8 @@
 //! Many replicas: what a replica behind a load balancer needs.
 //!
+//! - `[proxy] watch_config`: a ConfigMap-style directory updated by the
+//!   kubelet's `..data` symlink swap is applied without a signal (routes,
+//!   and a password file from a Secret laid out the same way);
 //! - `[limits] max_connection_age`: an old HTTP/2 connection gets GOAWAY
 //!   while its stream finishes, an old HTTP/1.1 one `Connection: close`,
 //!   and a blind tunnel is left alone;
@@ -16,12 +19,15 @@ mod support;
 #[path = "support/upstream.rs"]
 mod upstream;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use client::*;
@@ -31,6 +37,135 @@ use support::*;
 use upstream::*;
 
 const STORAGE: &str = "storage.googleapis.com";
+
+// ------------------------------------------------------------ ConfigMap
+
+/// Lays out `dir` as the kubelet lays out a ConfigMap or Secret volume:
+/// the files in a timestamped directory `version`, `..data` a symlink to
+/// it (replaced by an atomic rename), and each file a symlink through
+/// `..data`. Returns the path the program is given.
+#[cfg(unix)]
+fn kubelet_update(dir: &Path, version: &str, files: &[(&str, &str)]) {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let data = dir.join(version);
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, text) in files {
+        let p = data.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Proxy-Authorization: Basic {b64}\r\n")
+}
+
+/// The status of a CONNECT to storage carrying `headers`.
+async fn connect_status(proxy: SocketAddr, headers: &str) -> u16 {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let a = format!("{STORAGE}:443");
+    s.write_all(format!("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
+    status_of(&read_head(&mut s).await).unwrap_or(0)
+}
+
+/// `GET /echo` on a new connection as `batch` with `password`.
+async fn echo_status(proxy: &TestProxy, password: &str) -> u16 {
+    let mut c = client_with(proxy, STORAGE, false, &basic("batch", password)).await;
+    let resp = c.send(for_version(get(STORAGE, "/echo"), false)).await;
+    let status = resp.status().as_u16();
+    body_string(resp).await;
+    status
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_symlink_swap_applies_new_routes_and_passwords_without_a_signal() {
+    let up_dir = tempdir("watch-up");
+    let certs = upstream_certs(&up_dir, &[STORAGE]);
+    let (upstream, _) = start_upstream(Some(certs.server)).await;
+    let dir = tempdir("watch");
+    impersonate_proxy::ca::init(&dir.join("ca"), false).unwrap();
+    let secret = dir.join("secret");
+    kubelet_update(&secret, "..2026_01_01_00_00_00.1", &[("password", "first")]);
+    let base = format!(
+        r#"[proxy]
+listen = "127.0.0.1:0"
+watch_config = true
+[ca]
+cert = "{ca}/ca.pem"
+key = "{ca}/ca-key.pem"
+[upstream]
+extra_ca = ["{up_ca}"]
+[upstream.resolve]
+"{STORAGE}" = "{upstream}"
+[audit]
+enabled = false
+[[client]]
+name = "batch"
+proxy_auth = {{ user = "batch", password_file = "{secret}/password" }}
+"#,
+        ca = dir.join("ca").display(),
+        up_ca = certs.ca_pem.display(),
+        secret = secret.display(),
+    );
+    let all =
+        "[[route]]\nname = \"all\"\nhosts = [\"*.googleapis.com\"]\naction = \"passthrough\"\n";
+    let deny_echo = "[[route]]\nname = \"no-echo\"\nhosts = [\"storage.googleapis.com\"]\npath_prefix = \"/echo\"\naction = \"deny\"\n";
+    kubelet_update(
+        &dir,
+        "..2026_01_01_00_00_00.1",
+        &[("proxy.toml", &format!("{base}{all}"))],
+    );
+    let cfg = impersonate_proxy::Config::load(&dir.join("proxy.toml")).unwrap();
+    // start_proxy reloads dir/proxy.toml: the symlink, as the pod sees it.
+    let proxy = start_proxy(cfg, dir).await;
+    let config_dir = proxy._dir.to_path_buf();
+    assert_eq!(echo_status(&proxy, "first").await, 200);
+
+    // The kubelet swaps in a new version of the ConfigMap; no signal.
+    kubelet_update(
+        &config_dir,
+        "..2026_01_01_00_01_00.2",
+        &[("proxy.toml", &format!("{base}{deny_echo}{all}"))],
+    );
+    let p = &proxy;
+    let denied = eventually(Duration::from_secs(20), || async move {
+        echo_status(p, "first").await == 403
+    })
+    .await;
+    assert!(denied, "the new route was not applied");
+
+    // And a new password in the Secret the config names.
+    kubelet_update(
+        &secret,
+        "..2026_01_01_00_02_00.3",
+        &[("password", "second")],
+    );
+    let addr = proxy.addr;
+    let new_password = basic("batch", "second");
+    let np = &new_password;
+    let accepted = eventually(Duration::from_secs(20), || async move {
+        connect_status(addr, np).await == 200
+    })
+    .await;
+    assert!(accepted, "the new password was not applied");
+    assert_eq!(connect_status(addr, &basic("batch", "first")).await, 407);
+    assert_eq!(echo_status(&proxy, "second").await, 403, "routes kept");
+    assert!(proxy.stop().await);
+}
 
 // --------------------------------------------------------- connection age
 
