@@ -40,8 +40,9 @@ pub enum CaError {
         /// The directory `ca init` should write to.
         dir: PathBuf,
     },
-    /// The CA key can be read by users other than its owner.
-    #[error("CA key {path} is readable by group or others (mode {mode:o}); anyone who reads it can impersonate Google to this proxy's clients. Fix: chmod 600 {path}")]
+    /// The CA key can be read by users other than its owner (a root-owned
+    /// key may also be read by its group).
+    #[error("CA key {path} is readable by group or others (mode {mode:o}); anyone who reads it can impersonate Google to this proxy's clients. Fix: chmod 600 {path} (a key owned by root may be 640: readable by the group root gave it)")]
     KeyTooOpen {
         /// The key file.
         path: PathBuf,
@@ -219,17 +220,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
     f.sync_all().map_err(io)
 }
 
-/// Refuses a key file that group or others can read.
+/// Refuses a key file that group or others can read, except the group of
+/// a root-owned key ([`crate::config::secret_mode_ok`]: a Kubernetes
+/// Secret mounted for a non-root user).
 pub fn check_key_permissions(path: &Path) -> Result<(), CaError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(path).map_err(|source| CaError::Io {
             path: path.to_owned(),
             source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if !crate::config::secret_mode_ok(mode, meta.uid()) {
             return Err(CaError::KeyTooOpen {
                 path: path.to_owned(),
                 mode,

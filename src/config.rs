@@ -289,6 +289,17 @@ pub struct ProxyConfig {
     /// one per CPU core.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// After a shutdown signal, how long `/readyz` answers 503 while the
+    /// listener keeps accepting and serving, so that load balancers and
+    /// Kubernetes endpoints stop sending new connections before it
+    /// closes. 0 (the default): stop accepting at once.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_delay: Duration,
+    /// Reload when the config file, or a password file it names, changes
+    /// (including a Kubernetes ConfigMap's `..data` symlink swap), as
+    /// SIGHUP does.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 /// Most `[proxy] workers` accepted.
@@ -310,6 +321,8 @@ impl Default for ProxyConfig {
             workers: None,
             listen: default_listen(),
             drain_timeout: default_drain(),
+            shutdown_delay: Duration::ZERO,
+            watch_config: false,
         }
     }
 }
@@ -524,6 +537,13 @@ pub struct LimitsConfig {
     /// Client connections served at once; more wait for a free place.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A client connection older than this (±10% jitter) is retired, so
+    /// that long-lived connections spread again over the replicas behind
+    /// a load balancer: HTTP/2 gets GOAWAY and finishes its streams,
+    /// HTTP/1.1 closes after the next response (`Connection: close`).
+    /// Blind tunnels are never cut. Unset: connections live until idle.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for LimitsConfig {
@@ -534,6 +554,7 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             h2_max_concurrent_streams: default_h2_streams(),
             max_connections: default_max_connections(),
+            max_connection_age: None,
         }
     }
 }
@@ -572,9 +593,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"10s\" or \"5m\""))
 }
 
+/// Whether a file that holds a secret (the CA key, a password file),
+/// with permission bits `mode` and owned by `owner_uid`, is readable only
+/// by whom it should be: its owner (mode 0600 or less), or, when root owns
+/// it, also its group (0640 or less). The second shape is how Kubernetes
+/// hands a Secret volume to a non-root container (`fsGroup`: root-owned,
+/// group the pod's, mode 0440); root chose that group, which is the rule
+/// PostgreSQL applies to its server key. A file of one's own stays
+/// owner-only, so a laptop's key readable by a shared group (macOS
+/// `staff`) is still refused.
+pub fn secret_mode_ok(mode: u32, owner_uid: u32) -> bool {
+    let mode = mode & 0o777;
+    if owner_uid == 0 {
+        mode & 0o037 == 0
+    } else {
+        mode & 0o077 == 0
+    }
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 impl Config {
@@ -714,6 +757,20 @@ impl Config {
                     "must be longer than 0s and at most 7 days",
                 ));
             }
+        }
+        if let Some(age) = l.max_connection_age {
+            if age.is_zero() || age > MAX_TIMEOUT {
+                return Err(ConfigError::invalid(
+                    "limits.max_connection_age",
+                    "must be longer than 0s and at most 7 days (e.g. \"10m\"); leave it out to keep connections until they are idle",
+                ));
+            }
+        }
+        if self.proxy.shutdown_delay > MAX_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "proxy.shutdown_delay",
+                "must be at most 7 days; a few seconds more than your load balancer takes to see /readyz fail is enough (e.g. \"5s\")",
+            ));
         }
         Ok(())
     }
@@ -890,6 +947,53 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cfg.metadata.tokens, MetadataTokens::Real);
+    }
+
+    #[test]
+    fn secret_files_are_owner_only_or_root_owned_and_group_read() {
+        for (mode, uid, ok) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 1000, false),
+            (0o604, 1000, false),
+            (0o600, 0, true),
+            (0o440, 0, true),
+            (0o640, 0, true),
+            (0o660, 0, false),
+            (0o644, 0, false),
+            (0o650, 0, false),
+        ] {
+            assert_eq!(secret_mode_ok(mode, uid), ok, "{mode:o} owned by {uid}");
+        }
+    }
+
+    #[test]
+    fn replica_keys_default_off_and_are_checked_with_key_names() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.proxy.shutdown_delay, Duration::ZERO);
+        assert!(!cfg.proxy.watch_config);
+        assert_eq!(cfg.limits.max_connection_age, None);
+        let cfg = parse(
+            "[proxy]\nshutdown_delay = \"5s\"\nwatch_config = true\n[limits]\nmax_connection_age = \"10m\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.proxy.shutdown_delay, Duration::from_secs(5));
+        assert!(cfg.proxy.watch_config);
+        assert_eq!(
+            cfg.limits.max_connection_age,
+            Some(Duration::from_secs(600))
+        );
+        assert!(parse("[proxy]\nshutdown_delay = \"0s\"\n").is_ok());
+        for bad in [
+            "[limits]\nmax_connection_age = \"0s\"\n",
+            "[limits]\nmax_connection_age = \"30d\"\n",
+            "[limits]\nmax_connection_age = \"later\"\n",
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("max_connection_age"), "{bad}: {err}");
+        }
+        let err = parse("[proxy]\nshutdown_delay = \"8d\"\n").unwrap_err();
+        assert!(err.to_string().contains("proxy.shutdown_delay"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! The control plane: the policy in force and its reloads, the token
-//! slots and their refreshers (every Google call), the metadata-server
-//! answers, and the admin endpoint. It runs on the runtime it was started
-//! on (the caller's), never on a worker thread: a worker that asks for a
-//! slot gets one whose refresher runs here.
+//! The control plane: the policy in force, its reloads and the watch that
+//! triggers them, the token slots and their refreshers (every Google
+//! call), the metadata-server answers, and the admin endpoint. It runs on
+//! the runtime it was started on (the caller's), never on a worker
+//! thread: a worker that asks for a slot gets one whose refresher runs
+//! here.
 
 mod admin;
 pub(crate) mod metadata;
 mod reload;
 pub mod tokens;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use crate::policy::{CompileError, Policy};
 pub(crate) use admin::serve as serve_admin;
 pub use reload::{ReloadError, Reloaded};
 pub use tokens::Registry;
+pub(crate) use watch::watch as watch_config;
 
 use metadata::Metadata;
 
@@ -94,6 +97,14 @@ impl ControlPlane {
     /// Makes `reload` re-read this file.
     pub fn set_config_path(&self, path: PathBuf) {
         *self.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    /// The file `reload` reads, if the proxy was started from one.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// From now on `/readyz` says the proxy is shutting down.

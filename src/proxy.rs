@@ -132,6 +132,8 @@ pub struct Proxy {
     listener: TcpListener,
     admin: Option<TcpListener>,
     drain_timeout: Duration,
+    shutdown_delay: Duration,
+    watch_config: bool,
     workers: usize,
 }
 
@@ -211,6 +213,8 @@ impl Proxy {
             listener,
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
+            shutdown_delay: cfg.proxy.shutdown_delay,
+            watch_config: cfg.proxy.watch_config,
             workers: cfg.proxy.worker_count(),
         })
     }
@@ -238,44 +242,73 @@ impl Proxy {
             .expect("a bound TCP listener has a local address")
     }
 
-    /// Serves until `signal` completes, then stops accepting, asks every
-    /// connection to finish its in-flight requests, and waits for them up
-    /// to `[proxy] drain_timeout`. Returns whether everything drained, or
-    /// why serving could not start.
+    /// Serves until `signal` completes, then shuts down in three steps:
+    ///
+    /// 1. `/readyz` answers 503 at once, while the listener keeps
+    ///    accepting and serving for `[proxy] shutdown_delay`, the time
+    ///    load balancers and Kubernetes endpoints take to stop sending
+    ///    new connections here;
+    /// 2. it stops accepting; connections the kernel had already accepted
+    ///    (the listen queue) are taken and served, not reset;
+    /// 3. every connection is asked to finish its in-flight requests
+    ///    (HTTP/1.1: close after the response; HTTP/2: GOAWAY), and they
+    ///    get up to `[proxy] drain_timeout`.
+    ///
+    /// Returns whether everything drained, or why serving could not start.
     ///
     /// Client connections are served by `[proxy] workers` threads, each
     /// running its own single-threaded event loop that accepts from the
     /// shared listener: a connection, its requests and its upstream
     /// connections stay on one thread, with no hand-offs between threads
     /// per request. The caller's runtime keeps the control plane: the
-    /// admin endpoint, token refreshes, reloads.
+    /// admin endpoint, token refreshes, reloads and `[proxy]
+    /// watch_config`.
     pub async fn serve(self, signal: impl Future<Output = ()>) -> Result<bool, StartError> {
         let Proxy {
             data,
             listener,
             admin,
             drain_timeout,
+            shutdown_delay,
+            watch_config,
             workers,
         } = self;
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "proxy listening");
         let accepting = CancellationToken::new();
         let stop = CancellationToken::new();
+        // Each worker holds a token of this tracker until it has stopped
+        // accepting and taken what was left in the listen queue.
+        let acceptors = TaskTracker::new();
         // If this future is dropped instead of completing, the workers stop
         // too rather than serving on unowned.
         let _stop_workers = (accepting.clone().drop_guard(), stop.clone().drop_guard());
-        let threads = workers::start(&data, listener, workers, &accepting, &stop)
+        let threads = workers::start(&data, listener, workers, &accepting, &acceptors, &stop)
             .map_err(StartError::Workers)?;
+        acceptors.close();
         // The admin endpoint outlives the drain, so /readyz answers 503
         // while in-flight requests finish.
         let admin_task =
             admin.map(|l| tokio::spawn(crate::control::serve_admin(data.control.clone(), l)));
+        let watcher =
+            watch_config.then(|| tokio::spawn(crate::control::watch_config(data.control.clone())));
         signal.await;
+        data.control.start_draining();
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(shutdown_delay),
+                "shutting down: /readyz answers 503; still accepting and serving until load balancers have stopped sending"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+        }
         accepting.cancel();
+        acceptors.wait().await;
         tracing::info!(
             in_flight = data.tasks.len(),
-            "shutting down: draining connections"
+            "shutting down: stopped accepting; draining connections"
         );
-        data.control.start_draining();
         data.shutdown.cancel();
         data.tasks.close();
         let drained = tokio::time::timeout(drain_timeout, data.tasks.wait())

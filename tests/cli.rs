@@ -146,3 +146,14 @@ fn run_serves_until_sigterm_then_exits_0() {
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0));
 }
+
+#[test]
+fn version_prints_the_name_and_the_crate_version() {
+    // The image's first check (`docker run IMAGE --version`).
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("impersonate-proxy {}", env!("CARGO_PKG_VERSION"))
+    );
+}

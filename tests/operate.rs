@@ -4,16 +4,15 @@
 
 #[path = "support/client.rs"]
 mod client;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/proxy.rs"]
 mod proxy;
 mod support;
 #[path = "support/upstream.rs"]
 mod upstream;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use std::time::Duration;
 use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
 
 use client::*;
+use process::*;
 use proxy::*;
 use support::*;
 use upstream::*;
@@ -174,87 +174,6 @@ warm = true
     })
     .await;
     assert!(ready, "readyz did not recover after the grant");
-}
-
-/// The release-style binary as a child, with its proxy and admin addresses.
-/// The child is killed if a test fails before it has exited.
-struct Running {
-    child: Child,
-    proxy: TestProxy,
-    admin: SocketAddr,
-    logs: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-
-    /// Appends the log lines that came since the last call to `logs`.
-    fn collect_logs(&self, logs: &mut String) {
-        for line in self.logs.try_iter() {
-            logs.push_str(&line);
-            logs.push('\n');
-        }
-    }
-}
-
-/// Runs the binary on `config`, which lives in `dir`; the proxy holds `dir`.
-fn run_binary(dir: TempDir, config: &Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut proxy = None;
-    let mut admin = None;
-    while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("proxy started");
-        if let Some(a) = line.split("listening on http://").nth(1) {
-            proxy = Some(a.trim().parse::<SocketAddr>().unwrap());
-        }
-        if let Some(a) = line.split("admin endpoint on http://").nth(1) {
-            admin = a.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-    }
-    Running {
-        child,
-        proxy: TestProxy {
-            addr: proxy.unwrap(),
-            admin,
-            ca_pem: dir.join("certs/ca.pem"),
-            _dir: dir,
-            shutdown: None,
-            done: None,
-        },
-        admin: admin.unwrap(),
-        logs: rx,
-    }
 }
 
 /// An emulator, a slow upstream for `slow.googleapis.com`, and a config

@@ -59,12 +59,7 @@ impl ControlPlane {
     /// Re-reads the config file and swaps in its policy, reusing the slots
     /// of unchanged tokens. Logs and counts the outcome.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let path = self
-            .config_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(ReloadError::NoConfigFile)?;
+        let path = self.config_path().ok_or(ReloadError::NoConfigFile)?;
         let result = Config::load(&path)
             .map_err(ReloadError::from)
             .and_then(|cfg| {
@@ -105,6 +100,12 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
         || new.proxy.workers != s.proxy.workers
     {
         restart.push("[proxy] listen/admin/workers");
+    }
+    if new.proxy.drain_timeout != s.proxy.drain_timeout
+        || new.proxy.shutdown_delay != s.proxy.shutdown_delay
+        || new.proxy.watch_config != s.proxy.watch_config
+    {
+        restart.push("[proxy] drain_timeout/shutdown_delay/watch_config");
     }
     if new.ca != s.ca {
         restart.push("[ca]");

@@ -31,7 +31,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The password file is readable by group or others.
-    #[error("client \"{client}\": password_file {path} is readable by group or others (mode {mode:o}); fix: chmod 600 {path}")]
+    #[error("client \"{client}\": password_file {path} is readable by group or others (mode {mode:o}); fix: chmod 600 {path} (a file owned by root may be 640: readable by the group root gave it)")]
     TooOpen {
         /// The client's name.
         client: String,
@@ -243,19 +243,20 @@ fn same(a: &Digest, b: &Digest) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a secret file, refusing one that group or others can read. A
-/// trailing newline (as `echo` writes) is not part of the secret.
+/// Reads a secret file, refusing one that group or others can read (the
+/// group of a root-owned file excepted: [`crate::config::secret_mode_ok`]).
+/// A trailing newline (as `echo` writes) is not part of the secret.
 pub(crate) fn read_secret(client: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(path).map_err(|source| ClientError::Read {
             client: client.to_owned(),
             path: path.to_owned(),
             source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if !crate::config::secret_mode_ok(mode, meta.uid()) {
             return Err(ClientError::TooOpen {
                 client: client.to_owned(),
                 path: path.to_owned(),

@@ -7,6 +7,13 @@
 //! opening; later heads within that time of their first byte. Between
 //! requests only the idle timeout applies, so keep-alive connections live
 //! for `idle_timeout`, not `header_read_timeout`.
+//!
+//! And it retires connections that have lived `limits.max_connection_age`
+//! ([`Retirement`]): behind a load balancer, a long-lived connection
+//! (gRPC over HTTP/2 above all) stays on the replica it first reached, so
+//! new replicas get no share of it until it is asked to reconnect. The
+//! cost is one handshake per connection per age; with the age unset, no
+//! clock is read.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +24,45 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+/// When a client connection is to be retired: `limits.max_connection_age`
+/// after it started, ±10% so that connections opened together (after a
+/// rollout) do not all reconnect together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retirement(Option<Instant>);
+
+impl Retirement {
+    /// Retirement `age` (jittered) from now; never with `None`.
+    pub fn after(age: Option<Duration>) -> Retirement {
+        Retirement(age.map(|age| Instant::now() + age.mul_f64(0.9 + 0.2 * fastrand::f64())))
+    }
+
+    /// Whether the connection has reached its age.
+    pub fn is_due(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Completes when the connection reaches its age; never without one.
+    pub async fn due(self) {
+        match self.0 {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// HTTP/1.1: once the connection is due, the response it is about to
+    /// send says `Connection: close`, and the connection closes after it.
+    /// The client learns it from the response instead of finding the
+    /// connection closed under its next request, so nothing is lost.
+    pub fn close_if_due<B>(&self, resp: &mut http::Response<B>) {
+        if self.is_due() {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+}
 
 /// When a connection last did something, and how many requests it has in
 /// flight.
@@ -201,6 +247,34 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         assert_eq!(a.watch(idle, head).await, Expired::SlowHead);
         assert!(t0.elapsed() >= Duration::from_secs(9) && t0.elapsed() <= Duration::from_secs(11));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retirement_is_the_age_within_ten_percent_or_never() {
+        let age = Duration::from_secs(100);
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            let r = Retirement::after(Some(age));
+            let at = r.0.unwrap() - t0;
+            assert!(
+                at >= Duration::from_secs(90) && at <= Duration::from_secs(110),
+                "{at:?}"
+            );
+            assert!(!r.is_due());
+        }
+        let r = Retirement::after(Some(age));
+        r.due().await;
+        assert!(r.is_due());
+        let mut resp = http::Response::new(());
+        r.close_if_due(&mut resp);
+        assert_eq!(resp.headers()["connection"], "close");
+        let never = Retirement::after(None);
+        assert!(!never.is_due());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(86_400 * 365), never.due())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]

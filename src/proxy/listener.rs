@@ -20,14 +20,15 @@ use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{AuditAction, Record};
 use crate::ops::observe;
 use crate::policy::clients::{ClientId, Presented};
-use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight};
+use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight, Retirement};
 use crate::proxy::request::{self, Origin, Target};
 use crate::proxy::tunnel::Dial;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, tunnel, ConnPermit, DataPlane};
 
 /// Accepts until `signal`; connections accepted here forward through
-/// `upstream` (the worker's own client and connection pool).
+/// `upstream` (the worker's own client and connection pool). Then takes
+/// what is left in the listen queue before the listener is closed.
 pub(crate) async fn accept_loop(
     shared: &Arc<DataPlane>,
     listener: TcpListener,
@@ -39,14 +40,14 @@ pub(crate) async fn accept_loop(
         // Waiting for a place before accepting leaves excess clients in the
         // kernel's backlog instead of failing them.
         let permit = tokio::select! {
-            _ = &mut signal => return,
+            _ = &mut signal => break,
             p = shared.connections.clone().acquire_owned() => match p {
                 Ok(p) => Arc::new(p),
                 Err(_) => return,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = &mut signal => return,
+            _ = &mut signal => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -57,12 +58,62 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
-        let shared2 = shared.clone();
-        let upstream = upstream.clone();
-        shared
-            .tasks
-            .spawn(async move { serve_client(shared2, stream, peer, permit, upstream).await });
+        spawn_client(shared, stream, peer, permit, &upstream);
     }
+    take_listen_queue(shared, listener, &upstream);
+}
+
+/// Serves the connections the kernel has completed but nobody accepted
+/// yet. Closing the listener would reset them, and a client (or a load
+/// balancer in TCP mode, which has already forwarded the client's bytes)
+/// sees that as a failed request. Asks the socket itself, not tokio's
+/// readiness cache, which may not have heard of the last arrivals.
+fn take_listen_queue(shared: &Arc<DataPlane>, listener: TcpListener, upstream: &Arc<Upstream>) {
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    let mut taken = 0usize;
+    loop {
+        // At max_connections the rest would have waited anyway.
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            break;
+        };
+        let accepted = listener.accept().and_then(|(s, peer)| {
+            s.set_nonblocking(true)?;
+            Ok((TcpStream::from_std(s)?, peer))
+        });
+        match accepted {
+            Ok((stream, peer)) => {
+                taken += 1;
+                spawn_client(shared, stream, peer, Arc::new(permit), upstream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept of a queued connection failed");
+                break;
+            }
+        }
+    }
+    if taken > 0 {
+        tracing::debug!(
+            connections = taken,
+            "served the listen queue after accepting stopped"
+        );
+    }
+}
+
+fn spawn_client(
+    shared: &Arc<DataPlane>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
+    upstream: &Arc<Upstream>,
+) {
+    let shared2 = shared.clone();
+    let upstream = upstream.clone();
+    shared
+        .tasks
+        .spawn(async move { serve_client(shared2, stream, peer, permit, upstream).await });
 }
 
 async fn serve_client(
@@ -77,12 +128,22 @@ async fn serve_client(
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let retire = Retirement::after(shared.limits.max_connection_age);
+    let svc = service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
         let upstream = upstream.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(dispatch(shared, peer, permit, upstream, req, guard).await) }
+        let is_connect = req.method() == Method::CONNECT;
+        async move {
+            let mut resp = dispatch(shared, peer, permit, upstream, req, guard).await;
+            // A CONNECT turns the connection into a tunnel, which ages on
+            // its own (or, spliced blind, not at all).
+            if !is_connect {
+                retire.close_if_due(&mut resp);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(ActiveIo::new(stream, activity.clone()));
     let conn = shared.h1.serve_connection(io, svc).with_upgrades();

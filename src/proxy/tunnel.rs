@@ -21,7 +21,7 @@ use crate::net::{full_body, normalize_host, parse_client_host, ClientHost, Proxy
 use crate::ops::audit::AuditAction;
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
-use crate::proxy::idle::{ActiveIo, Activity, Expired};
+use crate::proxy::idle::{ActiveIo, Activity, Expired, Retirement};
 use crate::proxy::request::{self, Origin, Target};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, ConnPermit, DataPlane};
@@ -239,11 +239,19 @@ async fn intercept(
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();
+    let retire = Retirement::after(shared.limits.max_connection_age);
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();
         let origin = origin.clone();
         let guard = svc_activity.begin();
-        async move { Ok::<_, Infallible>(request::handle(shared, origin, req, guard).await) }
+        async move {
+            let mut resp = request::handle(shared, origin, req, guard).await;
+            // HTTP/2 is retired by GOAWAY below (and has no `Connection`).
+            if !is_h2 {
+                retire.close_if_due(&mut resp);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let idle = shared.limits.idle_timeout;
     let result = if is_h2 {
@@ -263,6 +271,13 @@ async fn intercept(
             }
             // The client is no longer admitted: GOAWAY after the 407.
             _ = closing.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            // Old enough to move: GOAWAY, and the streams in flight finish
+            // here while the client opens new ones on a new connection.
+            _ = retire.due() => {
+                tracing::debug!(host = %origin_host, "max_connection_age reached: GOAWAY");
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }

@@ -6,18 +6,21 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::net::tune;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::DataPlane;
 
 /// Starts `n` worker threads accepting from `listener` until `accepting`
-/// is cancelled and serving their connections until `stop` is.
+/// is cancelled and serving their connections until `stop` is. Each holds
+/// a token of `acceptors` until it has stopped accepting.
 pub(crate) fn start(
     data: &Arc<DataPlane>,
     listener: TcpListener,
     n: usize,
     accepting: &CancellationToken,
+    acceptors: &TaskTracker,
     stop: &CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let listener = listener.into_std()?;
@@ -28,6 +31,7 @@ pub(crate) fn start(
             .build()?;
         let listener = listener.try_clone()?;
         let (data, accepting, done) = (data.clone(), accepting.clone(), stop.clone());
+        let acceptor = acceptors.token();
         // Each worker has its own forwarding connections, so that a
         // connection is driven by the thread that sends on it.
         let upstream = Arc::new(Upstream::new(data.upstream.clone()));
@@ -54,6 +58,7 @@ pub(crate) fn start(
                         }
                         Err(e) => tracing::error!(error = %e, "worker cannot listen"),
                     }
+                    drop(acceptor);
                     // Connections accepted here are served by this loop
                     // until the drain is over.
                     done.cancelled().await;

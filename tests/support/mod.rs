@@ -13,6 +13,8 @@
 //! mod proxy; // the proxy started from a config, and the worlds around it
 //! #[path = "support/client.rs"]
 //! mod client; // CONNECT + TLS clients (HTTP/1.1 or h2), raw requests
+//! #[path = "support/process.rs"]
+//! mod process; // the binary as a child process: signals, exit codes, logs
 //! ```
 //!
 //! Each test binary compiles its own copy, so the dead-code lint runs per
