@@ -232,7 +232,7 @@ pub fn check_key_permissions(path: &Path) -> Result<(), CaError> {
             source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
-        if !crate::config::secret_mode_ok(mode, meta.uid()) {
+        if !crate::config::secret_mode_ok(mode, meta.uid(), crate::config::process_uid()) {
             return Err(CaError::KeyTooOpen {
                 path: path.to_owned(),
                 mode,

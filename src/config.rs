@@ -602,12 +602,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// PostgreSQL applies to its server key. A file of one's own stays
 /// owner-only, so a laptop's key readable by a shared group (macOS
 /// `staff`) is still refused.
-pub fn secret_mode_ok(mode: u32, owner_uid: u32) -> bool {
+///
+/// The group exception holds only for a reader that is not root itself: a
+/// proxy running as root reads any file, so for it a root-owned secret is
+/// its own and stays owner-only.
+pub fn secret_mode_ok(mode: u32, owner_uid: u32, reader_uid: Option<u32>) -> bool {
     let mode = mode & 0o777;
-    if owner_uid == 0 {
+    let reader_is_root = reader_uid.is_none_or(|u| u == 0);
+    if owner_uid == 0 && !reader_is_root {
         mode & 0o037 == 0
     } else {
         mode & 0o077 == 0
+    }
+}
+
+/// The uid this process runs as (the owner of `/proc/self`), where the
+/// system says; `None` elsewhere (then treated as root: the strict rule).
+pub fn process_uid() -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 
@@ -951,19 +970,28 @@ mod tests {
 
     #[test]
     fn secret_files_are_owner_only_or_root_owned_and_group_read() {
-        for (mode, uid, ok) in [
-            (0o600, 1000, true),
-            (0o400, 1000, true),
-            (0o640, 1000, false),
-            (0o604, 1000, false),
-            (0o600, 0, true),
-            (0o440, 0, true),
-            (0o640, 0, true),
-            (0o660, 0, false),
-            (0o644, 0, false),
-            (0o650, 0, false),
+        // (mode, owner, reader, ok)
+        for (mode, uid, reader, ok) in [
+            (0o600, 1000, Some(1000), true),
+            (0o400, 1000, Some(1000), true),
+            (0o640, 1000, Some(1000), false),
+            (0o604, 1000, Some(1000), false),
+            (0o600, 0, Some(65532), true),
+            (0o440, 0, Some(65532), true),
+            (0o640, 0, Some(65532), true),
+            (0o660, 0, Some(65532), false),
+            (0o644, 0, Some(65532), false),
+            (0o650, 0, Some(65532), false),
+            // Root reading its own file: owner-only.
+            (0o600, 0, Some(0), true),
+            (0o640, 0, Some(0), false),
+            (0o440, 0, None, false),
         ] {
-            assert_eq!(secret_mode_ok(mode, uid), ok, "{mode:o} owned by {uid}");
+            assert_eq!(
+                secret_mode_ok(mode, uid, reader),
+                ok,
+                "{mode:o} owned by {uid}, read by {reader:?}"
+            );
         }
     }
 

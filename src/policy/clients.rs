@@ -256,7 +256,7 @@ pub(crate) fn read_secret(client: &str, path: &Path) -> Result<Vec<u8>, ClientEr
             source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
-        if !crate::config::secret_mode_ok(mode, meta.uid()) {
+        if !crate::config::secret_mode_ok(mode, meta.uid(), crate::config::process_uid()) {
             return Err(ClientError::TooOpen {
                 client: client.to_owned(),
                 path: path.to_owned(),
