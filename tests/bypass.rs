@@ -319,18 +319,9 @@ fn basic(user: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn a_tunnel_is_identified_again_after_clients_are_reordered_or_removed() {
-    let dir = tempdir("bypass-reorder-emu");
-    let emu = impersonate_proxy::emulator::Emulator::start(
-        impersonate_proxy::emulator::EmulatorOptions {
-            dir: Some(dir.to_path_buf()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (emu, key, dir) = emulator_with_key("bypass-reorder").await;
     emu.grant_token_creator(SOURCE_SA, READER);
     emu.grant_token_creator(SOURCE_SA, WRITER);
-    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     let alice_pw = owner_only_file(&dir, "alice.pw", "alice-secret");
     let bob_pw = owner_only_file(&dir, "bob.pw", "bob-secret");
     let alice = format!(

@@ -170,16 +170,7 @@ pub struct EmuWorld {
 /// `routes` and `extra_resolve` (`[upstream.resolve]` lines).
 #[allow(dead_code)]
 pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorld {
-    let dir = tempdir(&format!("{name}-emu"));
-    let emu = impersonate_proxy::emulator::Emulator::start(
-        impersonate_proxy::emulator::EmulatorOptions {
-            dir: Some(dir.to_path_buf()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
+    let (emu, key, dir) = emulator_with_key(name).await;
     let toml = format!(
         "[source]\ntype = \"service_account\"\nfile = \"{}\"\n{}\n{routes}",
         key.display(),
@@ -192,6 +183,25 @@ pub async fn emu_world(name: &str, routes: &str, extra_resolve: &str) -> EmuWorl
         proxy,
         _emu_dir: dir,
     }
+}
+
+/// The emulator, a service-account key for [`SOURCE_SA`] it knows, and the
+/// directory both live in.
+#[allow(dead_code)]
+pub async fn emulator_with_key(
+    name: &str,
+) -> (impersonate_proxy::emulator::Emulator, PathBuf, TempDir) {
+    let dir = tempdir(&format!("{name}-emu"));
+    let emu = impersonate_proxy::emulator::Emulator::start(
+        impersonate_proxy::emulator::EmulatorOptions {
+            dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
+    (emu, key, dir)
 }
 
 /// A file holding `value`, readable by its owner only (as password files
