@@ -1,6 +1,7 @@
 //! The command line: parse, load the config, start, map errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -158,6 +159,9 @@ fn init_logging(default: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a person at a terminal: never in pipes, files
+        // or journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -305,6 +309,7 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             eprintln!("admin endpoint on http://{admin} (/healthz /readyz /metrics, POST /reload)");
         }
         reload_on_sighup(proxy.reloader());
+        reopen_on_sigusr1(proxy.log_reopener());
         print_exports(addr, &cfg);
         if cfg.metadata.enabled
             && std::env::var("GCE_METADATA_HOST").is_ok_and(|h| h == addr.to_string())
@@ -421,6 +426,29 @@ fn reload_on_sighup(reloader: impersonate_proxy::Reloader) {
     }
     #[cfg(not(unix))]
     let _ = reloader;
+}
+
+/// Reopens the audit file on every SIGUSR1 (logrotate).
+fn reopen_on_sigusr1(reopener: impersonate_proxy::LogReopener) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                match reopener.reopen() {
+                    Ok(()) => tracing::info!("audit file reopened"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit file not reopened; still writing to the old one")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reopener;
 }
 
 /// Completes on Ctrl-C or SIGTERM.
