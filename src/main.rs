@@ -86,6 +86,10 @@ enum Command {
         /// The config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Also mint every route's token once through the source
+        /// credential and IAM; exit 1 if any fails.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
         Command::Ca {
             command: CaCommand::Init { dir, force, permit },
         } => ca_init(&dir, force, &permit),
-        Command::Check { config } => check(&config),
+        Command::Check { config, live } => check(&config, live),
         Command::Run {
             config: Some(config),
             ..
@@ -215,7 +219,7 @@ fn ca_init(dir: &Path, force: bool, permit: &[String]) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, live: bool) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -246,7 +250,52 @@ fn check(path: &Path) -> ExitCode {
             println!("  {:>3}. {rule}", i + 1);
         }
     }
+    if live {
+        return check_live(&cfg, &rules);
+    }
     ExitCode::SUCCESS
+}
+
+/// `check --live`: every route's token minted once.
+fn check_live(cfg: &Config, rules: &[impersonate_proxy::policy::routes::RuleSpec]) -> ExitCode {
+    use impersonate_proxy::google::{preflight, AdcEnv, Minter, SourceCredential};
+    use impersonate_proxy::policy::routes::ActionSpec;
+    let routes: Vec<_> = rules
+        .iter()
+        .filter_map(|r| match &r.action {
+            ActionSpec::Inject { request, .. } => Some((r.name.clone(), request.clone())),
+            _ => None,
+        })
+        .collect();
+    let env = AdcEnv::from_process();
+    let source = match SourceCredential::from_config(&cfg.source, &env) {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("source credential: {e}")),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let checks = rt.block_on(async {
+        let minter = Minter::from_config(cfg, &env)?;
+        Ok::<_, impersonate_proxy::google::CredentialError>(
+            preflight::run(&minter, &source, routes).await,
+        )
+    });
+    let checks = match checks {
+        Ok(c) => c,
+        Err(e) => return fail(1, e),
+    };
+    println!(
+        "\nlive: minting each route's token once ({})",
+        source.describe()
+    );
+    print!("{}", preflight::Table(&checks));
+    if checks.iter().all(preflight::RouteCheck::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
