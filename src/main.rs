@@ -121,7 +121,14 @@ fn main() -> ExitCode {
         }
     };
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Token { .. });
-    init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
+    // The demo's table is for reading: its warnings go to a file it names,
+    // not between the rows.
+    let demo_log = matches!(cli.command, Command::Demo { .. }).then(demo_log_path);
+    init_logging(
+        if quiet { "warn" } else { "info" },
+        cli.log_format,
+        demo_log.as_deref(),
+    );
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { dir, force, permit },
@@ -158,15 +165,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str, format: LogFormat) {
+/// Logs go to stderr, or appended to `file` (falling back to stderr if
+/// it cannot be opened).
+fn init_logging(default: &str, format: LogFormat, file: Option<&Path>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let file = file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    // Colour only for a person at a terminal: never in pipes, files or
+    // journald.
+    let (writer, ansi) = match file {
+        Some(f) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour only for a person at a terminal: never in pipes, files
-        // or journald.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -403,13 +427,23 @@ fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
     println!();
 }
 
+/// Where `demo` writes its warnings: beside its work dir, so that they
+/// outlive it.
+fn demo_log_path() -> PathBuf {
+    impersonate_proxy::demo::DemoOptions::default()
+        .dir
+        .with_extension("log")
+}
+
 fn demo(listen: std::net::SocketAddr) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let log_file = demo_log_path();
     let opts = impersonate_proxy::demo::DemoOptions {
         listen,
+        log_file: log_file.exists().then_some(log_file),
         ..Default::default()
     };
     match rt.block_on(impersonate_proxy::demo::run(opts, shutdown_signal())) {
