@@ -15,7 +15,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -119,27 +120,98 @@ impl ControlPlane {
 }
 
 /// The token registry for `[source]`. A source that cannot be loaded (no
-/// ADC on this machine, a missing key file) does not stop the proxy: routes
-/// that need a token answer 503 with the cause, the others keep working.
+/// ADC on this machine yet, a missing key file) does not stop the proxy:
+/// routes that need a token answer 503 with the cause, the others keep
+/// working, and loading is retried (see [`LateSource`]), so a user who
+/// runs `gcloud auth application-default login` after starting the proxy
+/// need not restart it.
 fn registry_for(cfg: &Config, upstream: Arc<Outbound>) -> Registry {
-    match Minter::with_upstream(cfg, &AdcEnv::from_process(), upstream) {
+    match Minter::with_upstream(cfg, &AdcEnv::from_process(), upstream.clone()) {
         Ok(minter) => Registry::new(Arc::new(minter)),
         Err(e) => {
-            tracing::warn!(error = %e, "source credential unavailable; routes that impersonate will answer 503 until it is fixed and the proxy restarted");
-            Registry::new(Arc::new(NoSource(e.to_string())))
+            tracing::warn!(error = %e, "source credential unavailable; routes that impersonate will answer 503 until it can be loaded (retried with backoff, no restart needed)");
+            Registry::new(Arc::new(LateSource::new(cfg.clone(), upstream, e)))
         }
     }
 }
 
-/// A minter whose source credential could not be loaded.
-struct NoSource(String);
+/// First retry of a source credential that could not be loaded at start;
+/// each failure doubles it, up to [`SOURCE_RETRY_MAX`].
+const SOURCE_RETRY_BASE: Duration = Duration::from_secs(1);
+const SOURCE_RETRY_MAX: Duration = Duration::from_secs(30);
 
-impl Mint for NoSource {
+/// A minter whose source credential could not be loaded at start. A mint
+/// (the slots' refreshers retry with their own backoff) tries to load it
+/// again, at most once per backoff step; once it loads, every mint goes
+/// to the real [`Minter`] and this is never tried again.
+struct LateSource {
+    cfg: Config,
+    upstream: Arc<Outbound>,
+    loaded: OnceLock<Minter>,
+    retry: Mutex<Retry>,
+}
+
+struct Retry {
+    next: Instant,
+    backoff: Duration,
+    error: String,
+}
+
+impl LateSource {
+    fn new(cfg: Config, upstream: Arc<Outbound>, error: CredentialError) -> LateSource {
+        LateSource {
+            cfg,
+            upstream,
+            loaded: OnceLock::new(),
+            retry: Mutex::new(Retry {
+                next: Instant::now() + SOURCE_RETRY_BASE,
+                backoff: SOURCE_RETRY_BASE,
+                error: error.to_string(),
+            }),
+        }
+    }
+
+    /// The minter, if the source credential loads now (or did before).
+    fn minter(&self) -> Result<&Minter, CredentialError> {
+        if let Some(m) = self.loaded.get() {
+            return Ok(m);
+        }
+        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = self.loaded.get() {
+            return Ok(m);
+        }
+        let now = Instant::now();
+        if now >= retry.next {
+            match Minter::with_upstream(&self.cfg, &AdcEnv::from_process(), self.upstream.clone()) {
+                Ok(minter) => {
+                    tracing::info!(
+                        source = ?minter,
+                        "source credential loaded; routes that impersonate work now"
+                    );
+                    return Ok(self.loaded.get_or_init(|| minter));
+                }
+                Err(e) => {
+                    retry.backoff = (retry.backoff * 2).min(SOURCE_RETRY_MAX);
+                    retry.next = now + retry.backoff;
+                    let message = e.to_string();
+                    if message != retry.error {
+                        tracing::warn!(error = %e, "source credential still unavailable");
+                    }
+                    retry.error = message;
+                }
+            }
+        }
+        Err(CredentialError::SourceUnavailable {
+            message: retry.error.clone(),
+        })
+    }
+}
+
+impl Mint for LateSource {
     fn mint<'a>(
         &'a self,
-        _req: &'a TokenRequest,
+        req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
-        let message = self.0.clone();
-        Box::pin(async move { Err(CredentialError::SourceUnavailable { message }) })
+        Box::pin(async move { self.minter()?.mint_token(req).await })
     }
 }

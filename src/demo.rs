@@ -44,6 +44,9 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// Working directory for the throwaway CA, keys and audit log.
     pub dir: PathBuf,
+    /// Where the process's warnings and logs go instead of the terminal,
+    /// named in the demo's header.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -52,6 +55,7 @@ impl Default for DemoOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             dir: std::env::temp_dir()
                 .join(format!("impersonate-proxy-demo-{}", std::process::id())),
+            log_file: None,
         }
     }
 }
@@ -105,6 +109,9 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
         "  proxy                  http://{addr}   (config: {})",
         config_path.display()
     );
+    if let Some(log) = &opts.log_file {
+        println!("  warnings and logs      {}", log.display());
+    }
     println!("  source identity        {CALLER} (a service-account key)");
     println!("  IAM Token Creator      {CALLER} → {READER}");
     println!("                         {CALLER} → {HOP} → {WRITER}");

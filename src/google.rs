@@ -7,6 +7,7 @@
 mod error;
 pub(crate) mod iam;
 pub mod jwt;
+pub mod preflight;
 pub mod slot;
 pub mod source;
 mod token;

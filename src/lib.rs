@@ -29,4 +29,4 @@ pub mod proxy;
 mod test_dir;
 
 pub use config::Config;
-pub use proxy::{Proxy, Reloader, StartError};
+pub use proxy::{LogReopener, Proxy, Reloader, StartError};

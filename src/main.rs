@@ -1,6 +1,7 @@
 //! The command line: parse, load the config, start, map errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad config or usage).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -85,6 +86,10 @@ enum Command {
         /// The config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Also mint every route's token once through the source
+        /// credential and IAM; exit 1 if any fails.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -116,12 +121,19 @@ fn main() -> ExitCode {
         }
     };
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Token { .. });
-    init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
+    // The demo's table is for reading: its warnings go to a file it names,
+    // not between the rows.
+    let demo_log = matches!(cli.command, Command::Demo { .. }).then(demo_log_path);
+    init_logging(
+        if quiet { "warn" } else { "info" },
+        cli.log_format,
+        demo_log.as_deref(),
+    );
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { dir, force, permit },
         } => ca_init(&dir, force, &permit),
-        Command::Check { config } => check(&config),
+        Command::Check { config, live } => check(&config, live),
         Command::Run {
             config: Some(config),
             ..
@@ -153,12 +165,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str, format: LogFormat) {
+/// Logs go to stderr, or appended to `file` (falling back to stderr if
+/// it cannot be opened).
+fn init_logging(default: &str, format: LogFormat, file: Option<&Path>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let file = file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    // Colour only for a person at a terminal: never in pipes, files or
+    // journald.
+    let (writer, ansi) = match file {
+        Some(f) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -211,7 +243,7 @@ fn ca_init(dir: &Path, force: bool, permit: &[String]) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, live: bool) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -242,7 +274,52 @@ fn check(path: &Path) -> ExitCode {
             println!("  {:>3}. {rule}", i + 1);
         }
     }
+    if live {
+        return check_live(&cfg, &rules);
+    }
     ExitCode::SUCCESS
+}
+
+/// `check --live`: every route's token minted once.
+fn check_live(cfg: &Config, rules: &[impersonate_proxy::policy::routes::RuleSpec]) -> ExitCode {
+    use impersonate_proxy::google::{preflight, AdcEnv, Minter, SourceCredential};
+    use impersonate_proxy::policy::routes::ActionSpec;
+    let routes: Vec<_> = rules
+        .iter()
+        .filter_map(|r| match &r.action {
+            ActionSpec::Inject { request, .. } => Some((r.name.clone(), request.clone())),
+            _ => None,
+        })
+        .collect();
+    let env = AdcEnv::from_process();
+    let source = match SourceCredential::from_config(&cfg.source, &env) {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("source credential: {e}")),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let checks = rt.block_on(async {
+        let minter = Minter::from_config(cfg, &env)?;
+        Ok::<_, impersonate_proxy::google::CredentialError>(
+            preflight::run(&minter, &source, routes).await,
+        )
+    });
+    let checks = match checks {
+        Ok(c) => c,
+        Err(e) => return fail(1, e),
+    };
+    println!(
+        "\nlive: minting each route's token once ({})",
+        source.describe()
+    );
+    print!("{}", preflight::Table(&checks));
+    if checks.iter().all(preflight::RouteCheck::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -305,6 +382,7 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             eprintln!("admin endpoint on http://{admin} (/healthz /readyz /metrics, POST /reload)");
         }
         reload_on_sighup(proxy.reloader());
+        reopen_on_sigusr1(proxy.log_reopener());
         print_exports(addr, &cfg);
         if cfg.metadata.enabled
             && std::env::var("GCE_METADATA_HOST").is_ok_and(|h| h == addr.to_string())
@@ -349,13 +427,23 @@ fn print_exports(addr: std::net::SocketAddr, cfg: &Config) {
     println!();
 }
 
+/// Where `demo` writes its warnings: beside its work dir, so that they
+/// outlive it.
+fn demo_log_path() -> PathBuf {
+    impersonate_proxy::demo::DemoOptions::default()
+        .dir
+        .with_extension("log")
+}
+
 fn demo(listen: std::net::SocketAddr) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let log_file = demo_log_path();
     let opts = impersonate_proxy::demo::DemoOptions {
         listen,
+        log_file: log_file.exists().then_some(log_file),
         ..Default::default()
     };
     match rt.block_on(impersonate_proxy::demo::run(opts, shutdown_signal())) {
@@ -421,6 +509,29 @@ fn reload_on_sighup(reloader: impersonate_proxy::Reloader) {
     }
     #[cfg(not(unix))]
     let _ = reloader;
+}
+
+/// Reopens the audit file on every SIGUSR1 (logrotate).
+fn reopen_on_sigusr1(reopener: impersonate_proxy::LogReopener) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                match reopener.reopen() {
+                    Ok(()) => tracing::info!("audit file reopened"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit file not reopened; still writing to the old one")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reopener;
 }
 
 /// Completes on Ctrl-C or SIGTERM.

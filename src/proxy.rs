@@ -126,6 +126,25 @@ impl Reloader {
     }
 }
 
+/// A handle that reopens the audit file by its name (SIGUSR1), after
+/// logrotate has renamed it.
+#[derive(Clone)]
+pub struct LogReopener(AuditSink);
+
+impl std::fmt::Debug for LogReopener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogReopener")
+    }
+}
+
+impl LogReopener {
+    /// Writes what is queued to the old file, then opens the file named
+    /// in `[audit] file` again (creating it). Nothing for stdout.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        self.0.reopen()
+    }
+}
+
 /// A bound, ready-to-serve proxy.
 pub struct Proxy {
     data: Arc<DataPlane>,
@@ -228,6 +247,11 @@ impl Proxy {
     /// A handle to reload the config while serving.
     pub fn reloader(&self) -> Reloader {
         Reloader(self.data.control.clone())
+    }
+
+    /// A handle to reopen the audit file (SIGUSR1).
+    pub fn log_reopener(&self) -> LogReopener {
+        LogReopener(self.data.audit.clone())
     }
 
     /// The admin listener's address, if `[proxy] admin` is set.

@@ -1,5 +1,6 @@
 //! `impersonate-proxy demo` as a user runs it: a subprocess that prints
-//! its table, serves curl, and exits cleanly on Ctrl-C (SIGINT).
+//! its table (its warnings go to the log file it names, not between the
+//! rows), serves curl, and exits cleanly on Ctrl-C (SIGINT).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -82,6 +83,14 @@ fn demo_prints_its_table_serves_curl_and_exits_on_sigint() {
         "{body}"
     );
 
+    // Warnings go to the log file the header names, not between the rows.
+    let log = out
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("warnings and logs"))
+        .unwrap_or_else(|| panic!("the demo does not say where its warnings go:\n{text}"))
+        .trim()
+        .to_owned();
+
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -99,4 +108,16 @@ fn demo_prints_its_table_serves_curl_and_exits_on_sigint() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !stderr.contains("WARN"),
+        "warnings on the terminal: {stderr}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logged.contains("WARN") && logged.contains("billing-admin@"),
+        "the refused mint's warning is not in {log}: {logged}"
+    );
 }

@@ -362,3 +362,100 @@ async fn sigterm_drains_a_ten_second_stream_then_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Audit lines that name `marker` in their path, per file.
+fn audit_paths(path: &std::path::Path, marker: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let p = v["path"].as_str()?.to_owned();
+            p.contains(marker).then_some(p)
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigusr1_reopens_the_audit_file_and_every_record_lands_once() {
+    let (_emu, dir, path, base) = setup("operate-usr1", READ_ROUTE).await;
+    let audit = dir.join("audit.log");
+    let rotated = dir.join("audit.log.1");
+    let with_audit = base.replace(
+        "[audit]\nenabled = false",
+        &format!("[audit]\nfile = \"{}\"", audit.display()),
+    );
+    std::fs::write(&path, format!("{with_audit}{READ_ROUTE}")).unwrap();
+    let run = run_binary(dir, &path);
+
+    // Requests flow, one after another, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut c = client(&run.proxy, STORAGE, false).await;
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let n = sent.load(Ordering::SeqCst);
+                let path = format!("/storage/v1/b/rot{n}x/o");
+                let resp = c.send(for_version(get(STORAGE, &path), false)).await;
+                assert_eq!(resp.status(), 200);
+                body_string(resp).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let audit_ref = &audit;
+    assert!(
+        eventually(Duration::from_secs(15), || async move {
+            audit_paths(audit_ref, "/rot").len() >= 20
+        })
+        .await
+    );
+    // logrotate: rename, then signal.
+    std::fs::rename(&audit, &rotated).unwrap();
+    run.signal("-USR1");
+    let mut logs = String::new();
+    eventually(Duration::from_secs(10), || {
+        run.collect_logs(&mut logs);
+        std::future::ready(logs.contains("audit file reopened"))
+    })
+    .await;
+    assert!(logs.contains("audit file reopened"), "{logs}");
+    assert!(
+        eventually(Duration::from_secs(15), || async move {
+            audit_paths(audit_ref, "/rot").len() >= 20
+        })
+        .await,
+        "no records in the reopened file"
+    );
+    stop.store(true, Ordering::SeqCst);
+    sender.await.unwrap();
+    let sent = sent.load(Ordering::SeqCst);
+
+    // Every request's record, exactly once, across the two files.
+    let (rotated_ref, audit_ref) = (&rotated, &audit);
+    eventually(Duration::from_secs(10), || async move {
+        audit_paths(rotated_ref, "/rot").len() + audit_paths(audit_ref, "/rot").len() >= sent
+    })
+    .await;
+    let mut all = audit_paths(&rotated, "/rot");
+    let old = all.len();
+    all.extend(audit_paths(&audit, "/rot"));
+    assert!(old > 0 && all.len() > old, "both files hold records");
+    assert_eq!(all.len(), sent, "records lost or duplicated");
+    let mut expect: Vec<String> = (0..sent)
+        .map(|n| format!("/storage/v1/b/rot{n}x/o"))
+        .collect();
+    all.sort();
+    expect.sort();
+    assert_eq!(all, expect);
+
+    // Logs piped to a file or a pipe carry no colour codes.
+    run.collect_logs(&mut logs);
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {logs:?}"
+    );
+}

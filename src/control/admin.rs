@@ -183,7 +183,9 @@ fn handle(shared: &ControlPlane, local: SocketAddr, req: Request<Incoming>) -> R
                 let secs = s.expires_in().map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 (s.request().to_string(), secs)
             });
-            let body = crate::ops::metrics::global().render(slots);
+            let metrics = crate::ops::metrics::global();
+            metrics.set_ready(readiness(shared).0);
+            let body = metrics.render(slots);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -205,12 +207,21 @@ fn handle(shared: &ControlPlane, local: SocketAddr, req: Request<Incoming>) -> R
 /// Ready when serving (not draining) and every warm route's slot holds a
 /// token; otherwise 503 naming the failing routes and why.
 fn readyz(shared: &ControlPlane) -> Response<ProxyBody> {
+    let (ready, body) = readiness(shared);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", body.to_string())
+}
+
+/// Whether the proxy is ready, and the `/readyz` body saying why.
+fn readiness(shared: &ControlPlane) -> (bool, serde_json::Value) {
     if shared.is_draining() {
-        let body = serde_json::json!({"ready": false, "reason": "shutting down"});
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            body.to_string(),
+        return (
+            false,
+            serde_json::json!({"ready": false, "reason": "shutting down"}),
         );
     }
     let policy = shared.policy();
@@ -228,13 +239,10 @@ fn readyz(shared: &ControlPlane) -> Response<ProxyBody> {
         }
     }
     let ready = failing.is_empty();
-    let body = serde_json::json!({"ready": ready, "failing": failing});
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(status, "application/json", body.to_string())
+    (
+        ready,
+        serde_json::json!({"ready": ready, "failing": failing}),
+    )
 }
 
 #[cfg(test)]

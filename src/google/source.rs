@@ -59,7 +59,7 @@ const ACCESS_TOKEN_FILE_TTL: Duration = Duration::from_secs(300);
 
 /// A service account key file.
 pub struct ServiceAccountKey {
-    client_email: String,
+    pub(crate) client_email: String,
     token_uri: String,
     key: SigningKey,
 }

@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
@@ -94,13 +94,19 @@ struct Batch {
     /// The output, and the spare buffer swapped with `pending`.
     out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
     dropped: AtomicU64,
+    /// The audit file, reopened by [`AuditSink::reopen`]; `None`: stdout.
+    path: Option<PathBuf>,
 }
 
 impl Batch {
     /// Writes what is pending. Callers: the writer thread, `flush`, drop.
     fn drain(&self) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, spare) = &mut *out;
+        self.drain_into(&mut out);
+    }
+
+    fn drain_into(&self, out: &mut (Box<dyn Write + Send>, Vec<u8>)) {
+        let (file, spare) = out;
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::swap(&mut *pending, spare);
@@ -133,6 +139,7 @@ impl AuditSink {
             pending: Mutex::new(Vec::with_capacity(64 << 10)),
             out: Mutex::new((out, Vec::with_capacity(64 << 10))),
             dropped: AtomicU64::new(0),
+            path: cfg.file.clone(),
         });
         let weak: Weak<Batch> = Arc::downgrade(&batch);
         std::thread::Builder::new()
@@ -152,6 +159,20 @@ impl AuditSink {
         if let Some(b) = &self.inner {
             b.drain();
         }
+    }
+
+    /// Closes and reopens the audit file by its name (SIGUSR1), for
+    /// logrotate's rename-then-signal. Every record queued before the
+    /// reopen is written to the old file first, under the writer's lock,
+    /// so each record lands in exactly one of the two files. If the new
+    /// file cannot be opened the old one is kept.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let Some(b) = &self.inner else { return Ok(()) };
+        let Some(path) = &b.path else { return Ok(()) };
+        let mut out = b.out.lock().unwrap_or_else(|p| p.into_inner());
+        b.drain_into(&mut out);
+        out.0 = Box::new(open_append(path)?);
+        Ok(())
     }
 
     /// Whether records are written at all.

@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     source_refreshes: Counter,
     iam_latency: Histogram,
     reloads: Family<ResultLabel, Counter>,
+    ready: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +107,7 @@ impl Metrics {
             source_refreshes: Counter::default(),
             iam_latency: latency_histogram(),
             reloads: Family::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +164,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers 200 (serving, every warm slot holds a token), else 0; set at each scrape",
+            m.ready.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -244,6 +251,11 @@ impl Metrics {
 
     /// The Prometheus text exposition, after setting the gauges that are
     /// read from state (each slot's seconds to expiry).
+    /// What `/readyz` answers now, for the `ready` gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     pub fn render(&self, slots: impl Iterator<Item = (String, f64)>) -> String {
         for (slot, secs) in slots {
             self.expires_in.get_or_create(&SlotLabel { slot }).set(secs);
