@@ -273,6 +273,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         action: None,
         authorization: Default::default(),
         warm: true,
+        enforce: true,
     });
     // ADC clients (gcloud, client libraries, Terraform) get a placeholder
     // from GCE_METADATA_HOST that the route above replaces.

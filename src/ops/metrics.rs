@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     source_refreshes: Counter,
     iam_latency: Histogram,
     reloads: Family<ResultLabel, Counter>,
+    would_deny: Family<RouteLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +107,7 @@ impl Metrics {
             source_refreshes: Counter::default(),
             iam_latency: latency_histogram(),
             reloads: Family::default(),
+            would_deny: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +165,11 @@ impl Metrics {
             "Config reloads by result",
             m.reloads.clone(),
         );
+        registry.register(
+            "requests_would_deny",
+            "Requests a report-mode deny route (enforce = false) matched and let through, by route",
+            m.would_deny.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -194,6 +201,15 @@ impl Metrics {
         self.duration
             .get_or_create(&RouteLabel { route })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request a report-mode deny `route` matched and let through.
+    pub fn would_deny(&self, route: &Arc<str>) {
+        self.would_deny
+            .get_or_create(&RouteLabel {
+                route: Name(route.clone()),
+            })
+            .inc();
     }
 
     /// A gauge guard: +1 now, -1 when dropped.

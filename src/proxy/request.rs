@@ -314,11 +314,17 @@ async fn route_and_forward(
                 return resp;
             }
         };
-        let Some(route) = policy.routes.find_for(
+        // A report-mode deny (`enforce = false`) is audited and counted,
+        // then the next matching route decides.
+        let Some(route) = policy.routes.find_reporting(
             &target.host,
             &method,
             path,
             client.as_ref().map(|c| c.index),
+            |deny| {
+                crate::ops::metrics::global().would_deny(&deny.name);
+                record.would_deny = Some(deny.name.clone());
+            },
         ) else {
             let batch = if normalize::is_batch(path) {
                 "; a batch request carries inner requests the proxy does not see, so it matches only a route whose path_prefix names /batch when a route for this host restricts path_prefix or methods"
