@@ -240,15 +240,8 @@ pub fn explain(
     });
     d.would_deny = would_deny;
     let Some(route) = winner else {
-        let batch = if batch {
-            "; a batch request carries inner requests the proxy does not see, so it matches only a route whose path_prefix names /batch when a route for this host restricts path_prefix or methods"
-        } else {
-            ""
-        };
         d.status = Some(403);
-        d.message = Some(format!(
-            "no [[route]] matches {method} {host}{path}; add a route for it (action = \"passthrough\" to forward it untouched){batch}"
-        ));
+        d.message = Some(no_route(&method, &host, &path));
         return Ok(d);
     };
     let spec = rules
@@ -262,19 +255,13 @@ pub fn explain(
     match &spec.action {
         ActionSpec::Deny => {
             d.status = Some(403);
-            d.message = Some(format!(
-                "denied by route \"{}\" ({method} {host}{path})",
-                spec.name
-            ));
+            d.message = Some(denied(&spec.name, &method, &host, &path));
         }
         ActionSpec::Passthrough => {}
         ActionSpec::Inject { request, .. } => {
             if scheme == Scheme::HTTP {
                 d.status = Some(400);
-                d.message = Some(format!(
-                    "route \"{}\" attaches a credential, which is never sent over plain http://; use https:// (the proxy intercepts it)",
-                    spec.name
-                ));
+                d.message = Some(plain_http(&spec.name));
             }
             let (kind, scopes, lifetime, audience) = match request.kind() {
                 TokenKind::Access { scopes, lifetime } => (
@@ -298,6 +285,30 @@ pub fn explain(
         }
     }
     Ok(d)
+}
+
+/// The 403 message for a request no route matches (the proxy's own).
+pub(crate) fn no_route(method: &Method, host: &str, path: &str) -> String {
+    let batch = if normalize::is_batch(path) {
+        "; a batch request carries inner requests the proxy does not see, so it matches only a route whose path_prefix names /batch when a route for this host restricts path_prefix or methods"
+    } else {
+        ""
+    };
+    format!(
+        "no [[route]] matches {method} {host}{path}; add a route for it (action = \"passthrough\" to forward it untouched){batch}"
+    )
+}
+
+/// The 403 message of a deny route.
+pub(crate) fn denied(route: &str, method: &Method, host: &str, path: &str) -> String {
+    format!("denied by route \"{route}\" ({method} {host}{path})")
+}
+
+/// The 400 message for an injecting route reached over plain `http://`.
+pub(crate) fn plain_http(route: &str) -> String {
+    format!(
+        "route \"{route}\" attaches a credential, which is never sent over plain http://; use https:// (the proxy intercepts it)"
+    )
 }
 
 /// `projects/-/serviceAccounts/EMAIL` → `EMAIL`, as configs usually say it.
