@@ -229,6 +229,11 @@ pub struct RouteConfig {
     /// Mint the token at start (and report it in `/readyz`).
     #[serde(default)]
     pub warm: bool,
+    /// `false` on a `deny` route: report mode. A matching request is
+    /// audited and counted as `would_deny`, then goes on to the next
+    /// matching route.
+    #[serde(default = "yes")]
+    pub enforce: bool,
 }
 
 /// `id_token = { audience, impersonate, delegates }`

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use impersonate_proxy::policy::cases;
+use impersonate_proxy::policy::explain::{Decision, Facts, Who};
+use impersonate_proxy::policy::routes::RouteTable;
 use impersonate_proxy::{ca, Config, Proxy};
 
 #[derive(Parser)]
@@ -88,8 +91,31 @@ enum Command {
         config: PathBuf,
         /// Also mint every route's token once through the source
         /// credential and IAM; exit 1 if any fails.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tests")]
         live: bool,
+        /// Policy tests: a file of [[case]]s run against the routes (exit 1
+        /// when a decision differs).
+        #[arg(long, value_name = "FILE")]
+        tests: Option<PathBuf>,
+    },
+    /// What the proxy would do with one request, and why.
+    Explain {
+        /// The config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The request comes from this [[client]].
+        #[arg(long, value_name = "NAME", conflicts_with = "from")]
+        client: Option<String>,
+        /// The request comes from this address (identified by cidrs).
+        #[arg(long, value_name = "IP")]
+        from: Option<std::net::IpAddr>,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The URL, e.g. https://storage.googleapis.com/storage/v1/b/x/o.
+        url: String,
     },
 }
 
@@ -133,7 +159,24 @@ fn main() -> ExitCode {
         Command::Ca {
             command: CaCommand::Init { dir, force, permit },
         } => ca_init(&dir, force, &permit),
-        Command::Check { config, live } => check(&config, live),
+        Command::Check {
+            config,
+            live,
+            tests: None,
+        } => check(&config, live),
+        Command::Check {
+            config,
+            tests: Some(tests),
+            ..
+        } => policy_tests(&config, &tests),
+        Command::Explain {
+            config,
+            client,
+            from,
+            headers,
+            method,
+            url,
+        } => explain(&config, client, from, &headers, method, url),
         Command::Run {
             config: Some(config),
             ..
@@ -322,6 +365,162 @@ fn check_live(cfg: &Config, rules: &[impersonate_proxy::policy::routes::RuleSpec
     }
 }
 
+/// The config, checked, and its route table with slots that never mint.
+fn policy_of(
+    path: &Path,
+) -> Result<(Config, impersonate_proxy::policy::Checked, RouteTable), ExitCode> {
+    let cfg = load(path)?;
+    let checked = impersonate_proxy::policy::check(&cfg).map_err(|e| fail(2, e))?;
+    let table = RouteTable::build(&checked.rules, &impersonate_proxy::policy::Unminted);
+    Ok((cfg, checked, table))
+}
+
+/// `check --tests`: 0 all pass, 1 a decision differs, 2 a bad file.
+fn policy_tests(config: &Path, tests: &Path) -> ExitCode {
+    let (cfg, checked, table) = match policy_of(config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let text = match std::fs::read_to_string(tests) {
+        Ok(t) => t,
+        Err(e) => return fail(2, format!("cannot read {}: {e}", tests.display())),
+    };
+    let file = match cases::parse(&text) {
+        Ok(f) => f,
+        Err(e) => return fail(2, format!("{}: {e}", tests.display())),
+    };
+    let results = match cases::run(&cfg, &checked.rules, &table, &file) {
+        Ok(r) => r,
+        Err(e) => return fail(2, format!("{}: {e}", tests.display())),
+    };
+    let failed = results.iter().filter(|r| !r.diffs.is_empty()).count();
+    for r in &results {
+        if r.diffs.is_empty() {
+            println!("ok    {}", r.title);
+        } else {
+            println!("FAIL  {}", r.title);
+            for d in &r.diffs {
+                println!("        {d}");
+            }
+        }
+    }
+    println!(
+        "{} cases: {} passed, {failed} failed",
+        results.len(),
+        results.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn explain(
+    config: &Path,
+    client: Option<String>,
+    from: Option<std::net::IpAddr>,
+    headers: &[String],
+    method: String,
+    url: String,
+) -> ExitCode {
+    let (cfg, checked, table) = match policy_of(config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut pairs = Vec::with_capacity(headers.len());
+    for h in headers {
+        match h.split_once(':') {
+            Some((n, v)) => pairs.push((n.trim().to_owned(), v.trim().to_owned())),
+            None => return fail(2, format!("-H `{h}`: write it as `Name: value`")),
+        }
+    }
+    let who = match (client, from) {
+        (Some(n), _) => Who::Client(n),
+        (None, Some(ip)) => Who::Addr(ip),
+        (None, None) => Who::Anonymous,
+    };
+    let facts = Facts {
+        method,
+        url,
+        who,
+        headers: pairs,
+    };
+    let d = match impersonate_proxy::policy::explain::explain(&cfg, &checked.rules, &table, &facts)
+    {
+        Ok(d) => d,
+        Err(e) => return fail(2, e),
+    };
+    print!("{}", render(&d));
+    ExitCode::SUCCESS
+}
+
+/// `explain`'s report.
+fn render(d: &Decision) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(o, "host       {}", or_dash(&d.host));
+    let _ = writeln!(o, "path       {}", or_dash(&d.path));
+    let _ = writeln!(o, "method     {}", or_dash(&d.method));
+    let _ = writeln!(
+        o,
+        "client     {}",
+        d.client.as_deref().unwrap_or("(anonymous)")
+    );
+    if !d.candidates.is_empty() {
+        let _ = writeln!(o, "routes     (in order; first match wins)");
+        for (i, c) in d.candidates.iter().enumerate() {
+            let mark = if d.route.as_deref() == Some(c.route.as_str()) {
+                "WINNER"
+            } else if d.would_deny.contains(&c.route) {
+                "REPORT"
+            } else if c.matched {
+                "match "
+            } else {
+                "no    "
+            };
+            let _ = writeln!(o, "  {:>3}. {mark} {:<20} {}", i + 1, c.route, c.reason);
+        }
+    }
+    for r in &d.would_deny {
+        let _ = writeln!(
+            o,
+            "would_deny route \"{r}\" (enforce = false): audited and counted, then the next matching route decides"
+        );
+    }
+    let _ = writeln!(o, "route      {}", d.route.as_deref().unwrap_or("none"));
+    let _ = writeln!(o, "action     {}", d.action);
+    if let Some(s) = &d.slot {
+        let _ = writeln!(o, "token      {}", s.kind);
+        let _ = writeln!(o, "  target     {}", s.target);
+        let delegates = if s.delegates.is_empty() {
+            "(none)".to_owned()
+        } else {
+            s.delegates.join(" -> ")
+        };
+        let _ = writeln!(o, "  delegates  {delegates}");
+        if !s.scopes.is_empty() {
+            let _ = writeln!(o, "  scopes     {}", s.scopes.join(", "));
+        }
+        if let Some(l) = s.lifetime {
+            let _ = writeln!(o, "  lifetime   {l}s");
+        }
+        if let Some(a) = &s.audience {
+            let _ = writeln!(o, "  audience   {a}");
+        }
+    }
+    match (d.status, &d.message) {
+        (Some(s), Some(m)) => {
+            let _ = writeln!(o, "result     {s} {m}");
+        }
+        _ => {
+            let _ = writeln!(o, "result     forwarded");
+        }
+    }
+    o
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -350,6 +549,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         action: None,
         authorization: Default::default(),
         warm: true,
+        enforce: true,
     });
     // ADC clients (gcloud, client libraries, Terraform) get a placeholder
     // from GCE_METADATA_HOST that the route above replaces.

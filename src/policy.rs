@@ -4,9 +4,11 @@
 //! ([`egress`]), the route table ([`routes`]), and the hot path that puts a
 //! route's credential on a request ([`inject`]).
 
+pub mod cases;
 pub(crate) mod clients;
 mod compile;
 pub(crate) mod egress;
+pub mod explain;
 pub mod inject;
 pub mod normalize;
 pub mod routes;

@@ -222,6 +222,11 @@ pub(crate) struct Record {
     /// `null` when no route matched.
     pub route: Option<Arc<str>>,
     pub action: AuditAction,
+    /// The report-mode deny route (`enforce = false`) the request matched
+    /// and passed over, written as `"would_deny":ROUTE` (omitted when
+    /// `None`); the last one when several did. `route` and `action` are
+    /// what happened next.
+    pub would_deny: Option<Arc<str>>,
     /// Whom the request acted as: written as `target_principal` and
     /// `delegates` (omitted when `None` / empty).
     pub acting_as: Option<Arc<dyn Principal>>,
@@ -255,6 +260,7 @@ impl Record {
             path: uri.path_and_query().cloned(),
             route: None,
             action: AuditAction::None,
+            would_deny: None,
             acting_as: None,
             audience: None,
             status: 0,
@@ -306,6 +312,10 @@ impl Record {
         }
         out.extend_from_slice(b",\"action\":");
         json_str(out, self.action.as_str());
+        if let Some(r) = &self.would_deny {
+            out.extend_from_slice(b",\"would_deny\":");
+            json_str(out, r);
+        }
         if let Some(request) = &self.acting_as {
             out.extend_from_slice(b",\"target_principal\":");
             json_str(out, request.target_principal());

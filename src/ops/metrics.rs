@@ -80,6 +80,7 @@ pub(crate) struct Metrics {
     iam_latency: Histogram,
     reloads: Family<ResultLabel, Counter>,
     ready: Gauge,
+    would_deny: Family<RouteLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,6 +109,7 @@ impl Metrics {
             iam_latency: latency_histogram(),
             reloads: Family::default(),
             ready: Gauge::default(),
+            would_deny: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +172,11 @@ impl Metrics {
             "1 when /readyz answers 200 (serving, every warm slot holds a token), else 0; set at each scrape",
             m.ready.clone(),
         );
+        registry.register(
+            "requests_would_deny",
+            "Requests a report-mode deny route (enforce = false) matched and let through, by route",
+            m.would_deny.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,6 +208,15 @@ impl Metrics {
         self.duration
             .get_or_create(&RouteLabel { route })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request a report-mode deny `route` matched and let through.
+    pub fn would_deny(&self, route: &Arc<str>) {
+        self.would_deny
+            .get_or_create(&RouteLabel {
+                route: Name(route.clone()),
+            })
+            .inc();
     }
 
     /// A gauge guard: +1 now, -1 when dropped.

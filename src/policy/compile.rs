@@ -316,6 +316,12 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
             _ => ActionSpec::Passthrough,
         }
     };
+    if !r.enforce && !matches!(action, ActionSpec::Deny) {
+        return Err(ConfigError::invalid(
+            key("enforce"),
+            "`enforce = false` (report mode) applies only to action = \"deny\" routes; remove it, or make the route a deny",
+        ));
+    }
     if let ActionSpec::Inject {
         quota_project: Some(q),
         ..
@@ -339,6 +345,7 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         clients: r.clients.clone(),
         client_indices,
         action,
+        enforce: r.enforce,
     })
 }
 
@@ -398,6 +405,20 @@ mod tests {
             "[metadata]\nenabled = true\n{sa}\ntokens = \"real\"\nreal_clients = [\"ci\"]\n[[client]]\nname = \"ci\"\ncidrs = [\"127.0.0.1\"]\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn report_mode_is_only_for_deny_routes() {
+        let route = "[[route]]\nname = \"r\"\nhosts = [\"a.googleapis.com\"]\nenforce = false\n";
+        let err = compile(&format!("{route}action = \"passthrough\"\n")).unwrap_err();
+        assert!(err.to_string().contains("route[0].enforce"), "{err}");
+        let err = compile(&format!(
+            "{route}impersonate = \"a@p.iam.gserviceaccount.com\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("route[0].enforce"), "{err}");
+        let c = compile(&format!("{route}action = \"deny\"\n")).unwrap();
+        assert!(!c.rules[0].enforce);
     }
 
     #[test]

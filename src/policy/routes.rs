@@ -71,6 +71,11 @@ pub struct Route {
     pub action: Action,
     /// Its token is minted at start and `/readyz` waits for it.
     pub warm: bool,
+    /// `false`: a report-mode deny, which [`RouteTable::find_reporting`]
+    /// reports and passes over.
+    pub enforce: bool,
+    /// Its position in the table.
+    index: u32,
 }
 
 impl Route {
@@ -260,6 +265,8 @@ pub struct RuleSpec {
     pub client_indices: Vec<u32>,
     /// What it does.
     pub action: ActionSpec,
+    /// `false`: report mode (a deny that is audited, then passed over).
+    pub enforce: bool,
 }
 
 /// The action of a [`RuleSpec`].
@@ -316,6 +323,9 @@ impl fmt::Display for RuleSpec {
                 Ok(())
             }
             ActionSpec::Passthrough => write!(f, " → passthrough"),
+            ActionSpec::Deny if !self.enforce => {
+                write!(f, " → deny (report mode: enforce = false)")
+            }
             ActionSpec::Deny => write!(f, " → deny"),
         }
     }
@@ -371,6 +381,8 @@ impl RouteTable {
                 clients: spec.client_indices.clone(),
                 action,
                 warm,
+                enforce: spec.enforce,
+                index: idx,
             });
         }
         // A named host also matches the `*.suffix` patterns that cover
@@ -406,8 +418,10 @@ impl RouteTable {
 
     /// The first route matching `host` (normalized), `method` (the
     /// effective one), `path` (normalised, without query) and `client` (a
-    /// `[[client]]` index). No allocation, no lock, and no scan of the
-    /// rules whose host or path prefix cannot match.
+    /// `[[client]]` index), passing over report-mode denies
+    /// (`enforce = false`): [`RouteTable::find_reporting`] without the
+    /// report. No allocation, no lock, and no scan of the rules whose host
+    /// or path prefix cannot match.
     ///
     /// A batch request (`/batch`, `/batch/...`) carries inner requests
     /// with their own paths and methods: when some route for the host
@@ -421,6 +435,44 @@ impl RouteTable {
         path: &str,
         client: Option<u32>,
     ) -> Option<&Route> {
+        self.find_reporting(host, method, path, client, |_| {})
+    }
+
+    /// [`RouteTable::find_for`], calling `report` with each report-mode
+    /// deny (`enforce = false`) that matched before the route returned, in
+    /// order. Without such routes in the table this is one lookup; each
+    /// one matched costs one more, starting after it. No allocation.
+    #[inline]
+    pub fn find_reporting(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+        mut report: impl FnMut(&Route),
+    ) -> Option<&Route> {
+        let mut from = 0;
+        loop {
+            match self.find_from(host, method, path, client, from) {
+                Some(r) if !r.enforce => {
+                    report(r);
+                    from = r.index + 1;
+                }
+                found => return found,
+            }
+        }
+    }
+
+    /// The first matching route at index `from` or later.
+    #[inline]
+    fn find_from(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        client: Option<u32>,
+        from: u32,
+    ) -> Option<&Route> {
         let batch = crate::policy::normalize::is_batch(path);
         let mut best = u32::MAX;
         if let Some(c) = self.exact.get(host) {
@@ -430,6 +482,7 @@ impl RouteTable {
                 path,
                 client,
                 batch_only: batch && c.restricted,
+                from,
             };
             best = self.first_in(c, best, &q);
         } else if self.suffix_labels != 0 {
@@ -443,6 +496,7 @@ impl RouteTable {
                 path,
                 client,
                 batch_only,
+                from,
             };
             self.each_suffix(host, |c| best = self.first_in(c, best, &q));
         }
@@ -532,7 +586,7 @@ impl RouteTable {
             if i >= best {
                 break;
             }
-            if self.routes[i as usize].allows(q.method, q.client) {
+            if i >= q.from && self.routes[i as usize].allows(q.method, q.client) {
                 return i;
             }
         }
@@ -547,6 +601,8 @@ struct Query<'a> {
     client: Option<u32>,
     /// Only routes whose prefix names `/batch` may match.
     batch_only: bool,
+    /// Only routes at this index or later (after a report-mode deny).
+    from: u32,
 }
 
 #[cfg(test)]

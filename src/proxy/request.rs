@@ -21,8 +21,8 @@ use crate::ops::audit::Record;
 use crate::ops::observe::{self, CountedIn};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::inject::{self, Outcome};
-use crate::policy::normalize;
 use crate::policy::routes::Action;
+use crate::policy::{explain, normalize};
 use crate::proxy::idle::InFlight;
 use crate::proxy::upstream::{Sticky, Upstream};
 use crate::proxy::{reply, DataPlane};
@@ -314,24 +314,22 @@ async fn route_and_forward(
                 return resp;
             }
         };
-        let Some(route) = policy.routes.find_for(
+        // A report-mode deny (`enforce = false`) is audited and counted,
+        // then the next matching route decides.
+        let Some(route) = policy.routes.find_reporting(
             &target.host,
             &method,
             path,
             client.as_ref().map(|c| c.index),
+            |deny| {
+                crate::ops::metrics::global().would_deny(&deny.name);
+                record.would_deny = Some(deny.name.clone());
+            },
         ) else {
-            let batch = if normalize::is_batch(path) {
-                "; a batch request carries inner requests the proxy does not see, so it matches only a route whose path_prefix names /batch when a route for this host restricts path_prefix or methods"
-            } else {
-                ""
-            };
             return reply::error_for(
                 is_grpc,
                 StatusCode::FORBIDDEN,
-                &format!(
-                    "no [[route]] matches {method} {}{path}; add a route for it (action = \"passthrough\" to forward it untouched){batch}",
-                    target.host,
-                ),
+                &explain::no_route(&method, &target.host, path),
             );
         };
         record.route = Some(route.name.clone());
@@ -343,10 +341,7 @@ async fn route_and_forward(
             Decision::Refuse(reply::error_for(
                 is_grpc,
                 StatusCode::BAD_REQUEST,
-                &format!(
-                    "route \"{}\" attaches a credential, which is never sent over plain http://; use https:// (the proxy intercepts it)",
-                    route.name
-                ),
+                &explain::plain_http(&route.name),
             ))
         } else {
             match inject::apply(&route.action, &mut parts.headers) {
@@ -354,10 +349,7 @@ async fn route_and_forward(
                 Outcome::Deny => Decision::Refuse(reply::error_for(
                     is_grpc,
                     StatusCode::FORBIDDEN,
-                    &format!(
-                        "denied by route \"{}\" ({method} {}{path})",
-                        route.name, target.host,
-                    ),
+                    &explain::denied(&route.name, &method, &target.host, path),
                 )),
                 Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
                 Outcome::Minting(slot) => {

@@ -245,3 +245,62 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
         }
     }
 }
+
+#[tokio::test]
+async fn report_mode_denies_are_reported_in_order_and_passed_over() {
+    let t = table(
+        r#"
+[[route]]
+name = "trial-wild"
+hosts = ["*.googleapis.com"]
+action = "deny"
+enforce = false
+[[route]]
+name = "trial-prefix"
+hosts = ["storage.googleapis.com"]
+path_prefix = "/storage/v1/b/old"
+action = "deny"
+enforce = false
+[[route]]
+name = "old"
+hosts = ["storage.googleapis.com"]
+path_prefix = "/storage/v1/b/old"
+action = "passthrough"
+[[route]]
+name = "rest"
+hosts = ["*.googleapis.com"]
+methods = ["GET"]
+action = "passthrough"
+"#,
+    );
+    let get = Method::GET;
+    let mut seen = Vec::new();
+    let r = t.find_reporting(
+        "storage.googleapis.com",
+        &get,
+        "/storage/v1/b/old/o",
+        None,
+        |d| seen.push(d.name.to_string()),
+    );
+    assert_eq!(r.map(|r| &*r.name), Some("old"));
+    assert_eq!(seen, ["trial-wild", "trial-prefix"]);
+    // On a host with no exact entry, through the suffix map.
+    seen.clear();
+    let r = t.find_reporting("pubsub.googleapis.com", &get, "/v1/x", None, |d| {
+        seen.push(d.name.to_string())
+    });
+    assert_eq!(r.map(|r| &*r.name), Some("rest"));
+    assert_eq!(seen, ["trial-wild"]);
+    // Only report-mode denies match: no route decides.
+    seen.clear();
+    let r = t.find_reporting("pubsub.googleapis.com", &Method::POST, "/v1/x", None, |d| {
+        seen.push(d.name.to_string())
+    });
+    assert!(r.is_none());
+    assert_eq!(seen, ["trial-wild"]);
+    // `find_for` agrees on the winner.
+    assert_eq!(
+        name(&t, "storage.googleapis.com", "GET", "/storage/v1/b/old/o"),
+        Some("old")
+    );
+}
