@@ -12,8 +12,6 @@ mod upstream;
 
 use std::collections::BTreeSet;
 
-use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
-
 use client::*;
 use proxy::*;
 use support::*;
@@ -79,12 +77,7 @@ fn alert_exprs() -> Vec<String> {
 #[tokio::test]
 async fn dashboard_and_alerts_use_only_metrics_the_proxy_exports() {
     let dir = tempdir("dashboard-emu");
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     let toml = format!(

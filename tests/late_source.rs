@@ -12,8 +12,6 @@ mod upstream;
 
 use std::time::Duration;
 
-use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
-
 use client::*;
 use proxy::*;
 use support::*;
@@ -34,12 +32,7 @@ async fn status(proxy: &TestProxy) -> u16 {
 #[tokio::test]
 async fn a_key_file_created_after_start_is_picked_up_without_a_restart() {
     let dir = tempdir("late-source");
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     // The key exists only in memory until the test writes it.
     let written = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
+use impersonate_proxy::emulator::Emulator;
 
 use client::*;
 use process::*;
@@ -39,12 +39,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test]
 async fn metrics_move_with_traffic_and_readyz_follows_warm_slots() {
     let dir = tempdir("operate-metrics");
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
@@ -180,12 +175,7 @@ warm = true
 /// file using both; `routes` is appended.
 async fn setup(name: &str, routes: &str) -> (Emulator, TempDir, PathBuf, String) {
     let dir = tempdir(name);
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     let certs = upstream_certs(&dir, &[SLOW]);

@@ -8,8 +8,6 @@ mod support;
 #[path = "support/upstream.rs"]
 mod upstream;
 
-use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
-
 use proxy::*;
 use support::*;
 
@@ -21,12 +19,7 @@ const TARGET: &str = "deployer@emulator-project.iam.gserviceaccount.com";
 #[tokio::test]
 async fn check_live_mints_each_route_and_names_the_hop_that_lacks_the_grant() {
     let dir = tempdir("preflight");
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     // source → hop1 → (missing) hop2 → deployer
     emu.grant_token_creator(SOURCE_SA, HOP1);

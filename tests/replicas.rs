@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use impersonate_proxy::emulator::{Emulator, EmulatorOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -604,12 +603,7 @@ async fn three_replicas_behind_haproxy_lose_no_request_that_started_after_a_sigt
     }
     // Google, and the one CA every replica shares.
     let dir = tempdir("replicas");
-    let emu = Emulator::start(EmulatorOptions {
-        dir: Some(dir.join("emu")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let emu = support::emulator_in(&dir).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     let key = emu.write_service_account_key(&dir, SOURCE_SA).unwrap();
     impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();

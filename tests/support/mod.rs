@@ -86,3 +86,14 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// The emulator of Google's endpoints, its files under `dir/emu`.
+#[allow(dead_code)]
+pub async fn emulator_in(dir: &Path) -> impersonate_proxy::emulator::Emulator {
+    impersonate_proxy::emulator::Emulator::start(impersonate_proxy::emulator::EmulatorOptions {
+        dir: Some(dir.join("emu")),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
