@@ -26,9 +26,14 @@ pub(crate) fn start(
     let listener = listener.into_std()?;
     let mut threads = Vec::with_capacity(n);
     let start_one = |i: usize| -> std::io::Result<std::thread::JoinHandle<()>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        // Built here so that its error is returned, and owned by a guard so
+        // that a failure below (a descriptor, a thread) drops it without
+        // blocking: this function runs inside the control runtime.
+        let runtime = WorkerRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        ));
         let listener = listener.try_clone()?;
         let (data, accepting, done) = (data.clone(), accepting.clone(), stop.clone());
         let acceptor = acceptors.token();
@@ -38,7 +43,9 @@ pub(crate) fn start(
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
-                runtime.block_on(async move {
+                let runtime = runtime;
+                let Some(rt) = runtime.0.as_ref() else { return };
+                rt.block_on(async move {
                     let idle = upstream.idle().clone();
                     tokio::spawn(async move {
                         loop {
@@ -76,4 +83,17 @@ pub(crate) fn start(
         }
     }
     Ok(threads)
+}
+
+/// A worker's runtime, shut down in the background when dropped: it may be
+/// dropped on the control runtime's thread when a later step of starting
+/// the worker fails, where a blocking shutdown would panic.
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
