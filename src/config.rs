@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod parent;
+pub use parent::{parse_parent_proxy, ParentProxyAddr};
+
 /// A configuration that could not be loaded: the file is missing, is not
 /// TOML, or holds a value that is not allowed.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,7 @@ pub struct ClientConfig {
 }
 
 /// `proxy_auth = { user, password_file }`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyAuthConfig {
     /// The Basic user name.
@@ -422,6 +425,17 @@ pub struct UpstreamConfig {
     /// Which HTTP version forwarded requests use upstream.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// A parent proxy (`http://host:port`) that every outbound connection
+    /// goes through by CONNECT: forwarding, tunnels, token endpoints, IAM.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// `Proxy-Authorization: Basic` credentials for the parent proxy.
+    #[serde(default)]
+    pub proxy_auth: Option<ProxyAuthConfig>,
+    /// Hosts that bypass the parent proxy: exact names (or addresses) and
+    /// `.suffix` for every name under a domain.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 /// `[upstream] protocol`: the HTTP version of forwarded requests.
@@ -447,6 +461,9 @@ impl Default for UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
             protocol: UpstreamProtocol::default(),
+            proxy: None,
+            proxy_auth: None,
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -679,6 +696,9 @@ impl Config {
         fix(&mut self.ca.cert);
         fix(&mut self.ca.key);
         self.upstream.extra_ca.iter_mut().for_each(fix);
+        if let Some(a) = self.upstream.proxy_auth.as_mut() {
+            fix(&mut a.password_file);
+        }
         if let Some(p) = self.source.file.as_mut() {
             fix(p);
         }
@@ -708,6 +728,7 @@ impl Config {
         }
         self.validate_clients()?;
         self.validate_metadata()?;
+        self.validate_parent_proxy()?;
         if self.intercept.ports.is_empty() || self.intercept.ports.contains(&0) {
             return Err(ConfigError::invalid(
                 "intercept.ports",

@@ -2,12 +2,14 @@
 //! type of every request and response ([`ProxyBody`]), host names and
 //! address classes (one normalisation, one DNS-name check, one idea of an
 //! internal address), the outbound client (roots, `[upstream.resolve]`,
-//! connectors) and the numbers that tune connections, in one place each.
+//! connectors, the parent proxy) and the numbers that tune connections, in
+//! one place each.
 
 mod addr;
 mod body;
 mod client;
 mod host;
+mod parent;
 pub mod tls;
 pub mod tune;
 
@@ -19,3 +21,5 @@ pub use host::{
     default_port, ends_in_number, is_dns_name, normalize_host, parse_client_host,
     parse_ipv4_numeric, request_authority, ClientHost, HostPattern,
 };
+pub(crate) use parent::{NoProxy, Parent, Tunnel};
+pub use parent::{ParentError, ParentSetupError};

@@ -1,9 +1,10 @@
 //! The outbound client: every connection the proxy makes goes through
-//! the `[upstream.resolve]` map and trusts the web PKI plus `extra_ca`.
+//! the `[upstream.resolve]` map, through the parent proxy when one is
+//! configured (`net::parent`), and trusts the web PKI plus `extra_ca`.
 //! Built once per process and shared: a pooled hyper client for the
 //! proxy's own calls (token endpoints, IAM, STS), the connectors that
-//! forwarded requests use (`proxy::upstream`), and the resolve map that
-//! spliced tunnels dial through.
+//! forwarded requests use (`proxy::upstream`), and the resolve map and
+//! parent that spliced tunnels dial through.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,10 +20,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
-use crate::net::{normalize_host, tune, ProxyBody};
+use crate::net::{normalize_host, tune, BoxError, Parent, ParentSetupError, ProxyBody};
 
 /// An upstream request that failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +65,17 @@ impl ForwardError {
 
 /// The upstream could not be set up from the config.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream.extra_ca: {0}")]
-pub struct UpstreamSetupError(#[from] crate::net::tls::PemError);
+#[non_exhaustive]
+pub enum UpstreamSetupError {
+    /// A file of `extra_ca` is missing or holds no usable certificate.
+    #[error("upstream.extra_ca: {0}")]
+    ExtraCa(#[from] crate::net::tls::PemError),
+    /// The parent proxy (`proxy`, `proxy_auth`, `no_proxy`) is unusable.
+    #[error(transparent)]
+    Parent(#[from] ParentSetupError),
+}
 
-pub(crate) type Connector = HttpsConnector<MappedPorts>;
+pub(crate) type Connector = HttpsConnector<Dialer>;
 
 /// The outbound client, one per process, shared by the control plane
 /// (its own calls) and the data plane (forwarding connectors, tunnels).
@@ -80,7 +89,11 @@ pub struct Outbound {
     any_connector: Connector,
     /// Offers `http/1.1` only: forwarding for HTTP/1.1 clients.
     http1_connector: Connector,
+    /// Never through the parent proxy: plain `http://` forwarding to the
+    /// address the egress check chose for a direct connection.
+    direct_connector: Connector,
     resolve: Arc<BTreeMap<String, SocketAddr>>,
+    parent: Option<Arc<Parent>>,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -90,6 +103,7 @@ impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
             .field("protocol", &self.protocol)
+            .field("parent", &self.parent)
             .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
@@ -97,8 +111,11 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     /// Builds the client: roots are the web PKI plus `extra_ca`; host names
-    /// in `resolve` go to their configured address, others to DNS.
+    /// in `resolve` go to their configured address, others to DNS; with a
+    /// parent proxy, every host that `no_proxy` does not name goes through
+    /// it (reads the parent's password file).
     pub fn new(cfg: &UpstreamConfig) -> Result<Outbound, UpstreamSetupError> {
+        let parent = Parent::from_config(cfg)?.map(Arc::new);
         let roots = crate::net::tls::root_store(&cfg.extra_ca)?;
         let tls = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
@@ -118,25 +135,40 @@ impl Outbound {
         inner.enforce_http(false);
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(cfg.connect_timeout));
-        let http = MappedPorts {
-            inner,
+        let direct = Dialer {
+            direct: MappedPorts {
+                inner,
+                map: resolve.clone(),
+            },
+            parent: None,
             map: resolve.clone(),
+        };
+        let dialer = Dialer {
+            parent: parent.clone(),
+            ..direct.clone()
         };
         let any = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http.clone());
+            .wrap_connector(dialer.clone());
         let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(dialer);
+        let direct = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(direct);
         Ok(Outbound {
             pooled: pooled(any.clone()),
             any_connector: any,
             http1_connector: http1,
+            direct_connector: direct,
             resolve,
+            parent,
             protocol: cfg.protocol,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
@@ -146,8 +178,13 @@ impl Outbound {
     /// The connector for a forwarded request: one that offers `h2` (for
     /// HTTP/2 clients, or every client with `protocol = "prefer_h2"`), or
     /// `http/1.1` only. Returns whether it offers `h2`.
-    pub(crate) fn connector(&self, client_is_h2: bool) -> (&Connector, bool) {
-        if self.protocol == UpstreamProtocol::PreferH2 || client_is_h2 {
+    /// `direct`: the target is an address the egress check chose for a
+    /// direct connection (see [`Outbound::parent_for`]); its connector
+    /// never goes through the parent.
+    pub(crate) fn connector(&self, client_is_h2: bool, direct: bool) -> (&Connector, bool) {
+        if direct {
+            (&self.direct_connector, false)
+        } else if self.protocol == UpstreamProtocol::PreferH2 || client_is_h2 {
             (&self.any_connector, true)
         } else {
             (&self.http1_connector, false)
@@ -157,6 +194,12 @@ impl Outbound {
     /// The `[upstream.resolve]` address of `host` (normalized), if any.
     pub fn resolved(&self, host: &str) -> Option<SocketAddr> {
         self.resolve.get(host).copied()
+    }
+
+    /// The parent proxy a connection to `host` goes through: `None` when
+    /// there is none, or `no_proxy` names the host.
+    pub(crate) fn parent_for(&self, host: &str) -> Option<&Arc<Parent>> {
+        self.parent.as_ref().filter(|p| p.applies_to(host))
     }
 
     /// `[upstream] connect_timeout`.
@@ -230,6 +273,65 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// The TCP connection under every outbound connector: through the parent
+/// proxy for a host `no_proxy` does not name (CONNECT to the
+/// `[upstream.resolve]` address of a mapped host, else to the name, which
+/// the parent resolves), else straight there. TLS, when the URI is
+/// `https`, runs on top of either, to the real host's name.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    direct: MappedPorts,
+    parent: Option<Arc<Parent>>,
+    map: Arc<BTreeMap<String, SocketAddr>>,
+}
+
+type Dialed = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+
+impl tower_service::Service<http::Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Dialed;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.direct.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let host = uri.host().unwrap_or_default();
+        let Some(parent) = self.parent.as_ref().filter(|p| p.applies_to(host)) else {
+            let fut = self.direct.call(uri);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        };
+        let target = match self.map.get(&normalize_host(host)) {
+            Some(addr) => addr.to_string(),
+            None => {
+                let port = uri.port_u16().unwrap_or_else(|| {
+                    if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+                        80
+                    } else {
+                        443
+                    }
+                });
+                format!("{host}:{port}")
+            }
+        };
+        let parent = parent.clone();
+        Box::pin(async move {
+            let tunnel = parent.connect(&target).await?;
+            // TLS and HTTP clients speak first: a byte before that is not
+            // the target's, and rustls would not see it.
+            if !tunnel.early.is_empty() {
+                return Err(format!(
+                    "the parent proxy {} sent data after its answer to CONNECT {target}, before the client spoke",
+                    parent.name()
+                )
+                .into());
+            }
+            Ok(TokioIo::new(tunnel.stream))
+        })
+    }
 }
 
 /// `[upstream.resolve]` in front of the system resolver.

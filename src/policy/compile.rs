@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 
-use crate::config::{parse_duration, Config, ConfigError, RouteActionConfig, RouteConfig};
+use crate::config::{
+    parse_duration, parse_parent_proxy, Config, ConfigError, RouteActionConfig, RouteConfig,
+};
 use crate::google::{principal_email, TokenKind, TokenRequest};
-use crate::net::{parse_cidr, HostPattern};
+use crate::net::{parse_cidr, parse_client_host, HostPattern, NoProxy};
 use crate::policy::clients::{ClientError, Clients};
 use crate::policy::egress::Egress;
 use crate::policy::routes::{ActionSpec, RouteTable, RuleSpec};
@@ -75,6 +77,7 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
     for host in cfg.upstream.resolve.keys() {
         pattern(format!("upstream.resolve.\"{host}\""), host)?;
     }
+    parent_proxy(cfg)?;
     for (i, c) in cfg.clients.iter().enumerate() {
         for (j, s) in c.cidrs.iter().enumerate() {
             cidr(format!("client[{i}].cidrs[{j}]"), s)?;
@@ -99,6 +102,21 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
         intercept,
         allow_private,
     })
+}
+
+/// `[upstream] proxy` names a host (a DNS name or an address) and every
+/// `no_proxy` entry is an exact host or `.domain`.
+fn parent_proxy(cfg: &Config) -> Result<(), ConfigError> {
+    let Some(url) = &cfg.upstream.proxy else {
+        return Ok(());
+    };
+    let addr = parse_parent_proxy(url).map_err(|m| ConfigError::invalid("upstream.proxy", m))?;
+    if let Err(m) = parse_client_host(&addr.host) {
+        return Err(ConfigError::invalid("upstream.proxy", m));
+    }
+    NoProxy::parse(&cfg.upstream.no_proxy)
+        .map_err(|(i, m)| ConfigError::invalid(format!("upstream.no_proxy[{i}]"), m))?;
+    Ok(())
 }
 
 /// The suffix under which every host is one Google runs: an access token

@@ -22,7 +22,7 @@ use crate::ops::observe;
 use crate::policy::clients::{ClientId, Presented};
 use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight, Retirement};
 use crate::proxy::request::{self, Origin, Target};
-use crate::proxy::tunnel::Dial;
+use crate::proxy::tunnel::{Dest, Dial};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, tunnel, ConnPermit, DataPlane};
 
@@ -266,9 +266,11 @@ async fn dispatch(
                 );
             }
             // The same egress check as a tunnel, on the addresses the
-            // connection will go to.
-            let addr = match tunnel::resolve_for_egress(&shared, &policy, &host, port).await {
-                Ok(addrs) => addrs[0],
+            // connection will go to. Through a parent proxy, the
+            // connector CONNECTs by the same address or name.
+            let pin = match tunnel::resolve_for_egress(&shared, &policy, &host, port).await {
+                Ok(Dest::Direct(addrs)) => Some(addrs[0]),
+                Ok(Dest::Parent(..)) => None,
                 Err(Dial::Refused(m)) => return reply::error(StatusCode::FORBIDDEN, &m),
                 Err(Dial::Failed(e)) => {
                     return reply::error(
@@ -277,7 +279,12 @@ async fn dispatch(
                     )
                 }
             };
-            let target = match Target::new(Scheme::HTTP, &host, port).and_then(|t| t.pinned(addr)) {
+            let target = match Target::new(Scheme::HTTP, &host, port)
+                .and_then(|t| match pin {
+                    Some(addr) => t.pinned(addr),
+                    None => Ok(t),
+                })
+            {
                 Ok(t) => t,
                 Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m),
             };

@@ -47,6 +47,9 @@ pub(crate) struct Target {
     /// name), or for plain `http://` the address the egress check passed,
     /// so that DNS cannot answer differently at connect time.
     pub dial: Authority,
+    /// `dial` is an address chosen for a direct connection: it never goes
+    /// through the parent proxy (whose `no_proxy` the host matched).
+    pub direct: bool,
 }
 
 impl Target {
@@ -72,15 +75,17 @@ impl Target {
             host_header,
             dial: authority.clone(),
             authority,
+            direct: false,
         })
     }
 
-    /// The same target, connected to exactly `addr`.
+    /// The same target, connected straight to exactly `addr`.
     pub fn pinned(mut self, addr: SocketAddr) -> Result<Target, String> {
         self.dial = addr
             .to_string()
             .parse::<Authority>()
             .map_err(|_| format!("`{addr}` is not a valid address"))?;
+        self.direct = true;
         Ok(self)
     }
 
@@ -415,7 +420,7 @@ async fn route_and_forward(
     let req = Request::from_parts(parts, body);
     match origin
         .upstream
-        .forward(req, client_version, &origin.sticky)
+        .forward(req, client_version, &origin.sticky, origin.target.direct)
         .await
     {
         Ok(resp) => {

@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::OtherHosts;
-use crate::net::{full_body, normalize_host, parse_client_host, ClientHost, ProxyBody};
+use crate::net::{
+    full_body, normalize_host, parse_client_host, ClientHost, Parent, ProxyBody, Tunnel,
+};
 use crate::ops::audit::AuditAction;
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
@@ -316,18 +318,44 @@ pub(crate) enum Dial {
     Failed(std::io::Error),
 }
 
+/// Where a connection goes once the egress check passed it.
+#[derive(Debug)]
+pub(crate) enum Dest {
+    /// Straight to exactly these addresses.
+    Direct(Vec<SocketAddr>),
+    /// Through the parent proxy, by CONNECT to this `host:port`: the
+    /// checked address of an IP literal or an `[upstream.resolve]` host,
+    /// or the name itself, which the parent resolves.
+    Parent(Arc<Parent>, String),
+}
+
+/// The upstream end of a spliced tunnel: a socket, and what the parent
+/// proxy already passed on from the target (a server that speaks first).
+struct Spliced {
+    stream: TcpStream,
+    early: Vec<u8>,
+}
+
 /// Opens the TCP connection for a spliced tunnel to exactly the addresses
-/// [`resolve_for_egress`] passed.
-async fn dial(
-    shared: &DataPlane,
-    policy: &Policy,
-    host: &str,
-    port: u16,
-) -> Result<TcpStream, Dial> {
-    let addrs = resolve_for_egress(shared, policy, host, port).await?;
+/// [`resolve_for_egress`] passed, or through the parent proxy.
+async fn dial(shared: &DataPlane, policy: &Policy, host: &str, port: u16) -> Result<Spliced, Dial> {
+    let addrs = match resolve_for_egress(shared, policy, host, port).await? {
+        Dest::Direct(addrs) => addrs,
+        Dest::Parent(parent, target) => {
+            return match parent.connect(&target).await {
+                Ok(Tunnel { stream, early }) => Ok(Spliced { stream, early }),
+                Err(e) => Err(Dial::Failed(std::io::Error::other(e))),
+            }
+        }
+    };
     let connect = TcpStream::connect(&addrs[..]);
     match tokio::time::timeout(shared.upstream.connect_timeout(), connect).await {
-        Ok(r) => r.map_err(Dial::Failed),
+        Ok(r) => r
+            .map(|stream| Spliced {
+                stream,
+                early: Vec::new(),
+            })
+            .map_err(Dial::Failed),
         Err(_) => Err(Dial::Failed(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "connect timed out",
@@ -335,27 +363,35 @@ async fn dial(
     }
 }
 
-/// The addresses a connection to `host:port` may go to, through the same
+/// Where a connection to `host:port` may go, through the same
 /// `[upstream.resolve]` map as every other outbound connection (a mapped
 /// host goes to its mapped address, whatever port was asked for). The
 /// policy is decided on the resolved addresses, and the caller connects to
 /// exactly those, so DNS cannot smuggle in a private target.
+///
+/// With a parent proxy (and a host `no_proxy` does not name), a name the
+/// map does not hold is not resolved here: the parent resolves it, and
+/// its own access rules decide where it may go. IP literals and mapped
+/// hosts are still judged here, on the address the CONNECT will carry.
 pub(crate) async fn resolve_for_egress(
     shared: &DataPlane,
     policy: &Policy,
     host: &str,
     port: u16,
-) -> Result<Vec<SocketAddr>, Dial> {
+) -> Result<Dest, Dial> {
     let literal = host.parse::<IpAddr>().ok();
     if literal.is_some() && !policy.egress.allow_ip_literals {
         return Err(Dial::Refused(format!(
             "CONNECT to the IP address {host} is refused; use a host name, or set [intercept] allow_ip_literals = true"
         )));
     }
+    let parent = shared.upstream.parent_for(host);
     let addrs: Vec<SocketAddr> = if let Some(addr) = shared.upstream.resolved(host) {
         vec![addr]
     } else if let Some(ip) = literal {
         vec![SocketAddr::new(ip, port)]
+    } else if let Some(parent) = parent {
+        return Ok(Dest::Parent(parent.clone(), format!("{host}:{port}")));
     } else {
         let lookup = tokio::net::lookup_host((host, port));
         match tokio::time::timeout(shared.upstream.connect_timeout(), lookup).await {
@@ -381,14 +417,28 @@ pub(crate) async fn resolve_for_egress(
             bad.ip()
         )));
     }
-    Ok(addrs)
+    Ok(match parent {
+        Some(parent) => Dest::Parent(parent.clone(), addrs[0].to_string()),
+        None => Dest::Direct(addrs),
+    })
 }
 
-async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
+async fn splice(upgraded: Upgraded, upstream: Spliced, idle: Duration) {
     let _open = crate::ops::metrics::global().tunnel();
+    let Spliced {
+        stream: mut upstream,
+        early,
+    } = upstream;
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
     let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());
+    if !early.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = client.write_all(&early).await {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+            return;
+        }
+    }
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {

@@ -41,13 +41,18 @@ impl Upstream {
     /// Forwards a client's request over the client connection's own
     /// upstream connection (`sticky`): in the client's HTTP version, or
     /// HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
+    /// `direct`: never through the parent proxy (a pinned plain `http://`
+    /// target whose host `no_proxy` names).
     pub async fn forward(
         &self,
         req: Request<ProxyBody>,
         client_version: Version,
         sticky: &Sticky,
+        direct: bool,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let (connector, h2) = self.outbound.connector(client_version >= Version::HTTP_2);
+        let (connector, h2) = self
+            .outbound
+            .connector(client_version >= Version::HTTP_2, direct);
         let timeout = self.outbound.response_timeout();
         match tokio::time::timeout(timeout, sticky.send(connector, h2, req)).await {
             Ok(r) => r,
