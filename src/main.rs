@@ -308,6 +308,16 @@ fn check(path: &Path, live: bool) -> ExitCode {
     for (host, addr) in &cfg.upstream.resolve {
         println!("resolve    {host} -> {addr}");
     }
+    if let Some(parent) = &cfg.upstream.proxy {
+        let auth = match &cfg.upstream.proxy_auth {
+            Some(a) => format!(" (Basic as {})", a.user),
+            None => String::new(),
+        };
+        println!("parent     {parent}{auth}");
+        if !cfg.upstream.no_proxy.is_empty() {
+            println!("no_proxy   {}", cfg.upstream.no_proxy.join(", "));
+        }
+    }
     let rules = checked.rules;
     if rules.is_empty() {
         println!("routes     none: every intercepted request is denied (403) until a [[route]] matches it");

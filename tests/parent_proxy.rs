@@ -221,11 +221,22 @@ struct ParentWorld {
     _dir: TempDir,
 }
 
-/// The emulator behind relays, tinyproxy (with Basic credentials), and
-/// the proxy with `[upstream] proxy` pointing at it. `upstream_keys` are
-/// more `[upstream]` lines; `password` is what the proxy's password file
-/// holds; `extra` is appended TOML.
-async fn parent_world(name: &str, upstream_keys: &str, password: &str, extra: &str) -> ParentWorld {
+/// A [`ParentWorld`] before the proxy starts: its config, written to
+/// `config_dir/proxy.toml`.
+struct ParentSetup {
+    emu: Emulator,
+    relays: Relays,
+    parent: Tinyproxy,
+    cfg: impersonate_proxy::Config,
+    config_dir: TempDir,
+    dir: TempDir,
+}
+
+/// The emulator behind relays, tinyproxy (with Basic credentials), and a
+/// proxy config with `[upstream] proxy` pointing at it. `upstream_keys`
+/// are more `[upstream]` lines; `password` is what the proxy's password
+/// file holds; `extra` is appended TOML.
+async fn parent_setup(name: &str, upstream_keys: &str, password: &str, extra: &str) -> ParentSetup {
     let (emu, key, dir) = emulator_with_key(name).await;
     emu.grant_token_creator(SOURCE_SA, READER);
     let relays = Relays::new(&emu).await;
@@ -260,13 +271,26 @@ impersonate = "{READER}"
         resolve = relays.resolve_toml(),
     );
     let (cfg, config_dir) = config_with_ca(name, &toml);
-    let proxy = start_proxy(cfg, config_dir).await;
-    ParentWorld {
+    ParentSetup {
         emu,
         relays,
         parent,
+        cfg,
+        config_dir,
+        dir,
+    }
+}
+
+/// [`parent_setup`], with the proxy started in this process.
+async fn parent_world(name: &str, upstream_keys: &str, password: &str, extra: &str) -> ParentWorld {
+    let s = parent_setup(name, upstream_keys, password, extra).await;
+    let proxy = start_proxy(s.cfg, s.config_dir).await;
+    ParentWorld {
+        emu: s.emu,
+        relays: s.relays,
+        parent: s.parent,
         proxy,
-        _dir: dir,
+        _dir: s.dir,
     }
 }
 
@@ -505,6 +529,84 @@ async fn a_no_proxy_host_goes_direct_and_the_others_through_the_parent() {
     );
 }
 
+#[tokio::test]
+async fn the_parent_password_never_reaches_the_logs_or_the_audit_at_debug_level() {
+    require_tinyproxy!();
+    let s = parent_setup("parent-logs", "", PARENT_PASSWORD, "").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+        .args(["run", "--config"])
+        .arg(s.config_dir.join("proxy.toml"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut s);
+        s
+    });
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let err_reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.split("listening on http://").nth(1) {
+                let _ = addr_tx.send(a.trim().to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the proxy started");
+    for version in ["--http1.1", "--http2"] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", version, "-x"])
+            .arg(format!("http://{addr}"))
+            .arg("--cacert")
+            .arg(s.config_dir.join("certs/ca.pem"))
+            .arg(format!(
+                "https://{STORAGE}/storage/v1/b/bkt/o/hello.txt?alt=media"
+            ))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .await;
+        let Ok(out) = out else {
+            eprintln!("SKIPPED: curl is not installed (.ci/run installs it)");
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n", "{version}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = err_reader.join().unwrap();
+    let audit = out_reader.join().unwrap();
+    // The debug log did cover the CONNECTs to the parent.
+    assert!(logs.contains("tunnel through the parent proxy"), "{logs}");
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{PARENT_USER}:{PARENT_PASSWORD}"))
+    };
+    for secret in [PARENT_PASSWORD, b64.as_str()] {
+        assert!(!logs.contains(secret), "the log holds a parent credential");
+        assert!(
+            !audit.contains(secret),
+            "the audit holds a parent credential"
+        );
+    }
+}
+
 /// A server that speaks first (like SMTP), then echoes a line.
 async fn banner_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -645,7 +747,8 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
 }
 
-/// `check` on a config with `upstream` (the `[upstream]` section's lines).
+/// `check` on a config with `upstream` (the `[upstream]` section's
+/// lines): its exit code, and what it wrote (stderr, then stdout).
 fn check(name: &str, upstream: &str) -> (Option<i32>, String) {
     let (_, dir) = config_with_ca(name, "");
     let path = dir.join("proxy.toml");
@@ -658,7 +761,11 @@ fn check(name: &str, upstream: &str) -> (Option<i32>, String) {
         .unwrap();
     (
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ),
     )
 }
 
@@ -713,6 +820,10 @@ fn check_exits_2_on_a_bad_parent_proxy_naming_the_key() {
         "proxy = \"http://corp-proxy.internal:3128\"\nno_proxy = [\"metadata.google.internal\", \".corp.internal\", \"169.254.169.254\"]",
     );
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("parent     http://corp-proxy.internal:3128\nno_proxy   metadata.google.internal, .corp.internal, 169.254.169.254"),
+        "{stderr}"
+    );
 }
 
 #[cfg(unix)]
