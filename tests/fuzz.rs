@@ -71,6 +71,8 @@ extra_ca = ["extra.pem"]
 connect_timeout = "10s"
 response_timeout = "300s"
 protocol = "prefer_h2"
+proxy = "http://corp-proxy.internal:3128"
+no_proxy = ["metadata.google.internal", ".corp.internal", "169.254.169.254"]
 [upstream.resolve]
 "storage.googleapis.com" = "127.0.0.1:8443"
 
@@ -232,6 +234,7 @@ const KEYS: &[&str] = &[
     "extra_ca",
     "connect_timeout",
     "response_timeout",
+    "no_proxy",
     "hosts",
     "other",
     "ports",

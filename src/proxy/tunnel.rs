@@ -330,15 +330,21 @@ pub(crate) enum Dest {
 }
 
 /// The upstream end of a spliced tunnel: a socket, and what the parent
-/// proxy already passed on from the target (a server that speaks first).
-struct Spliced {
-    stream: TcpStream,
-    early: Vec<u8>,
+/// proxy already passed on from the target (a server that speaks first),
+/// which goes to the client before anything else.
+pub(crate) struct Spliced {
+    pub stream: TcpStream,
+    pub early: Vec<u8>,
 }
 
 /// Opens the TCP connection for a spliced tunnel to exactly the addresses
 /// [`resolve_for_egress`] passed, or through the parent proxy.
-async fn dial(shared: &DataPlane, policy: &Policy, host: &str, port: u16) -> Result<Spliced, Dial> {
+pub(crate) async fn dial(
+    shared: &DataPlane,
+    policy: &Policy,
+    host: &str,
+    port: u16,
+) -> Result<Spliced, Dial> {
     let addrs = match resolve_for_egress(shared, policy, host, port).await? {
         Dest::Direct(addrs) => addrs,
         Dest::Parent(parent, target) => {
