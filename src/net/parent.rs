@@ -279,6 +279,15 @@ impl Parent {
     /// parent and, separately, the wait for its answer (which includes the
     /// parent's own connection to the target).
     pub async fn connect(&self, target: &str) -> Result<Tunnel, ParentError> {
+        // Callers pass a validated host or a socket address; a space or a
+        // control byte here would split the request line or add a header.
+        if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(ParentError::Protocol {
+                parent: self.name.clone(),
+                target: target.escape_debug().to_string(),
+                why: "the target is not a host:port (not sent)".into(),
+            });
+        }
         let timeout = self.connect_timeout;
         let tcp = TcpStream::connect((self.addr.host.as_str(), self.addr.port));
         let mut stream = match tokio::time::timeout(timeout, tcp).await {
@@ -614,6 +623,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("larger than 16 KiB"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_would_split_the_request_is_never_sent() {
+        let dir = crate::test_dir::TempDir::new("parent-inject");
+        let (addr, head) = fake_parent(b"HTTP/1.1 200 OK\r\n\r\n", false).await;
+        let p = parent(addr, &dir, None);
+        for bad in ["a.example:443\r\nX-Evil: 1", "a b:443", ""] {
+            let err = p.connect(bad).await.unwrap_err().to_string();
+            assert!(err.contains("not sent"), "{err}");
+        }
+        // The fake parent saw no connection at all.
+        let p = parent(addr, &dir, None);
+        p.connect("ok.example:443").await.unwrap();
+        assert!(head.await.unwrap().starts_with("CONNECT ok.example:443 "));
     }
 
     #[test]
