@@ -364,7 +364,7 @@ fn node_pubsub_with_only_upper_case_proxy_variables_bypasses_the_proxy_and_fails
         || {
             runtime().block_on(async {
                 let w = World::start("node-pubsub-upper").await;
-                let run = node_publish(&w, "matrix-upper", 1, 5_000, upper_case_only).await;
+                let run = node_publish(&w, "matrix-upper", 1, 20_000, upper_case_only).await;
                 let out = format!("{}\n{}", run.stdout, run.stderr);
                 assert!(
                     !run.success,
