@@ -295,8 +295,23 @@ fn check(path: &Path, live: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
+    if let Err(e) = impersonate_proxy::proxy::check_listeners(&cfg) {
+        return fail(2, e);
+    }
     println!("{}: ok", path.display());
     println!("listen     {}", cfg.proxy.listen);
+    if let Some(a) = cfg.proxy.tls_listen {
+        println!("tls_listen {a}");
+    }
+    if let Some(a) = cfg.proxy.transparent_listen {
+        println!("transparent_listen {a}");
+    }
+    if !cfg.proxy.proxy_protocol_from.is_empty() {
+        println!(
+            "proxy_protocol_from {}",
+            cfg.proxy.proxy_protocol_from.join(", ")
+        );
+    }
     println!(
         "ca         {} / {}",
         cfg.ca.cert.display(),

@@ -11,14 +11,14 @@ use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::OtherHosts;
 use crate::net::{full_body, normalize_host, parse_client_host, ClientHost, ProxyBody};
-use crate::ops::audit::AuditAction;
+use crate::ops::audit::{AuditAction, Listener};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
 use crate::proxy::idle::{ActiveIo, Activity, Expired, Retirement};
@@ -38,10 +38,12 @@ fn outcome(mut resp: Response<ProxyBody>, what: AuditAction) -> Response<ProxyBo
 
 /// Answers a CONNECT and, on success, spawns the task that serves the
 /// tunnel once hyper hands over the connection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn connect(
     shared: Arc<DataPlane>,
     policy: &Policy,
     peer: SocketAddr,
+    listener: Listener,
     client: (Option<ClientId>, Presented),
     permit: ConnPermit,
     upstream: Arc<Upstream>,
@@ -70,7 +72,10 @@ pub(crate) async fn connect(
         shared.tasks.spawn(async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(up) => intercept(task_shared, peer, client, target, upstream, up).await,
+                Ok(up) => {
+                    let io = TokioIo::new(up);
+                    intercept(task_shared, peer, listener, client, target, upstream, io).await
+                }
                 Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -101,7 +106,7 @@ pub(crate) async fn connect(
     shared.tasks.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(up) => splice(up, upstream, idle).await,
+            Ok(up) => splice(TokioIo::new(up), upstream, idle).await,
             Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -178,18 +183,22 @@ fn shorten(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-async fn intercept(
+/// Terminates TLS on `io` (a CONNECT tunnel, or a transparent connection)
+/// with a leaf minted for `target` and serves the requests inside.
+pub(crate) async fn intercept<I>(
     shared: Arc<DataPlane>,
     peer: SocketAddr,
+    listener: Listener,
     client_id: (Option<ClientId>, Presented),
     target: Target,
     upstream: Arc<Upstream>,
-    upgraded: Upgraded,
-) {
+    io: I,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _open = crate::ops::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -231,6 +240,7 @@ async fn intercept(
     let origin = Arc::new(Origin::new(
         upstream,
         peer,
+        listener,
         client_id,
         target,
         misdirected_sni,
@@ -318,7 +328,7 @@ pub(crate) enum Dial {
 
 /// Opens the TCP connection for a spliced tunnel to exactly the addresses
 /// [`resolve_for_egress`] passed.
-async fn dial(
+pub(crate) async fn dial(
     shared: &DataPlane,
     policy: &Policy,
     host: &str,
@@ -384,11 +394,16 @@ pub(crate) async fn resolve_for_egress(
     Ok(addrs)
 }
 
-async fn splice(upgraded: Upgraded, mut upstream: TcpStream, idle: Duration) {
+/// Copies bytes both ways between the client and `upstream` until either
+/// ends or nothing moves for `idle`.
+pub(crate) async fn splice<I>(client: I, mut upstream: TcpStream, idle: Duration)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let _open = crate::ops::metrics::global().tunnel();
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
-    let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());
+    let mut client = ActiveIo::new(client, activity.clone());
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
