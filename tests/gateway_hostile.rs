@@ -28,8 +28,8 @@ use upstream::{start_upstream, upstream_certs};
 
 const HOST: &str = "storage.googleapis.com";
 
-/// Well within `header_read_timeout` (10 s by default): a close this fast
-/// was decided on the bytes, not by a timer.
+/// Well within `header_read_timeout` (10 s, the default every test here
+/// keeps): a close this fast was decided on the bytes, not by a timer.
 const QUICK: Duration = Duration::from_secs(5);
 
 /// A proxy in front of a local TLS server for `HOST` (passthrough), whose
@@ -212,7 +212,7 @@ async fn truncated_or_malformed_v2_headers_from_a_listed_peer_are_closed() {
     let (g, _c) = gateway_world(
         "gwh-truncated",
         "transparent_listen = \"127.0.0.1:0\"\nproxy_protocol_from = [\"127.0.0.2\"]",
-        "[limits]\nheader_read_timeout = \"2s\"\n",
+        "",
     )
     .await;
     let header = v2_header("10.1.2.3:4444", g.listen);
@@ -225,11 +225,11 @@ async fn truncated_or_malformed_v2_headers_from_a_listed_peer_are_closed() {
             closes_within(&mut s, QUICK).await,
             "{listener}: truncated, not closed"
         );
-        // Cut short and left open: closed by header_read_timeout.
+        // Cut short and left open: closed by header_read_timeout (10 s).
         let mut s = connect_from("127.0.0.2", listener).await;
         s.write_all(&header[..20]).await.unwrap();
         assert!(
-            closes_within(&mut s, QUICK).await,
+            closes_within(&mut s, Duration::from_secs(20)).await,
             "{listener}: stalled, not closed"
         );
         // The signature, then a version that does not exist.
