@@ -620,3 +620,56 @@ fn check_names_the_key_of_a_bad_gateway_setting() {
         "{err}"
     );
 }
+
+/// Python's urllib3 (from the client matrix's pinned virtualenv, as
+/// `requests` uses it) through `tls_listen`, with a client certificate
+/// in its proxy TLS context.
+#[tokio::test]
+async fn python_urllib3_through_the_https_proxy_with_a_client_certificate() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/python/.venv/bin/python");
+    if !python.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing (tests/clients/install creates it; .ci/run runs it)",
+            python.display()
+        );
+        return;
+    }
+    let files_dir = tempdir("gw-py-files");
+    let t = tls_files(&files_dir);
+    let (g, emu, _e) = emu_gateway(
+        "gw-py",
+        &tls_proxy_keys(&t),
+        &format!("[[client]]\nname = \"batch\"\ncert_san = [\"{SPIFFE}\"]\n"),
+    )
+    .await;
+    let script = r#"
+import ssl, sys, urllib3
+proxy_url, proxy_ca, cert, key, ca, url = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=proxy_ca)
+ctx.load_cert_chain(cert, key)
+http = urllib3.ProxyManager(proxy_url, proxy_ssl_context=ctx, ca_certs=ca)
+r = http.request("GET", url, retries=False)
+print(r.status, r.data.decode())
+"#;
+    let (cert, key) = &t.clients[0];
+    let out = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{}", g.tls.unwrap().port()))
+        .args([s(&t.server_ca), s(cert), s(key), s(&g.ca_pem), OBJECT_URL])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "200 hello");
+    let records = g.audited("/storage/v1/b/bkt/o/obj", 1).await;
+    assert_eq!(records[0]["client_name"], "batch", "{records:?}");
+    assert_eq!(records[0]["identified_by"], "cert", "{records:?}");
+    assert_eq!(emu.counters().get("storage", READER), 1);
+}
