@@ -465,6 +465,54 @@ cidrs = ["192.168.1.0/24", "::1"]
         );
     }
 
+    #[test]
+    fn cert_san_needs_a_verified_certificate_naming_it_and_every_other_condition() {
+        let d = dir("cert");
+        let c = clients(
+            r#"
+[proxy]
+tls_listen = "127.0.0.1:8443"
+[proxy.tls]
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+[[client]]
+name = "batch"
+cidrs = ["10.8.0.0/16"]
+cert_san = ["spiffe://corp/ns/batch/sa/runner", "Batch.corp.internal"]
+[[client]]
+name = "office"
+cidrs = ["192.168.1.0/24"]
+"#,
+            &d,
+        );
+        let sans = |list: &[&str]| {
+            Presented::default()
+                .with_cert_sans(Some(list.iter().map(|s| Box::<str>::from(*s)).collect()))
+        };
+        let who = |ip: &str, p: &Presented| {
+            c.identify(ip.parse().unwrap(), p)
+                .map(|c| c.map(|c| (c.name.to_string(), c.identified_by)))
+        };
+        let batch = Ok(Some(("batch".to_owned(), IdentifiedBy::Cert)));
+        assert_eq!(
+            who("10.8.0.1", &sans(&["spiffe://corp/ns/batch/sa/runner"])),
+            batch
+        );
+        assert_eq!(
+            who("10.8.0.1", &sans(&["x.example", "batch.CORP.internal"])),
+            batch
+        );
+        // A URI is compared exactly; no certificate, or the wrong network: no.
+        assert!(who("10.8.0.1", &sans(&["SPIFFE://corp/ns/batch/sa/runner"])).is_err());
+        assert!(who("10.8.0.1", &Presented::default()).is_err());
+        assert!(who("10.9.0.1", &sans(&["spiffe://corp/ns/batch/sa/runner"])).is_err());
+        assert_eq!(
+            who("192.168.1.2", &sans(&["spiffe://corp/ns/batch/sa/runner"])),
+            Ok(Some(("office".to_owned(), IdentifiedBy::Cidr)))
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_readable_password_file_is_refused() {
