@@ -673,3 +673,40 @@ print(r.status, r.data.decode())
     assert_eq!(records[0]["identified_by"], "cert", "{records:?}");
     assert_eq!(emu.counters().get("storage", READER), 1);
 }
+
+/// Every listener is served when the places under `max_connections` are
+/// fewer than the listeners: a listener nobody connects to holds none.
+#[tokio::test]
+async fn idle_listeners_hold_no_places_under_max_connections() {
+    let files_dir = tempdir("gw-places-files");
+    let t = tls_files(&files_dir);
+    let (g, _emu, _e) = emu_gateway(
+        "gw-places",
+        &format!(
+            "workers = 1\ntransparent_listen = \"127.0.0.1:0\"\n{}",
+            tls_proxy_keys(&t)
+        ),
+        "[limits]\nmax_connections = 2\n",
+    )
+    .await;
+    let to = format!(
+        "storage.googleapis.com:443:127.0.0.1:{}",
+        g.transparent.unwrap().port()
+    );
+    let ca = s(&g.ca_pem).to_owned();
+    for _ in 0..2 {
+        let (ok, out, err) = curl(&["--connect-to", &to, "--cacert", &ca, OBJECT_URL]).await;
+        assert!(ok, "transparent: {err}");
+        assert_eq!(out, "hello");
+        let (ok, out, err) = curl(&[
+            "--proxy",
+            &format!("http://{}", g.listen),
+            "--cacert",
+            &ca,
+            OBJECT_URL,
+        ])
+        .await;
+        assert!(ok, "listen: {err}");
+        assert_eq!(out, "hello");
+    }
+}

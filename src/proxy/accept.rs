@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::task::Poll;
 
 use ipnet::IpNet;
 use rustls::server::WebPkiClientVerifier;
@@ -37,17 +38,24 @@ use crate::proxy::{transparent, ConnPermit, DataPlane};
 /// TLVs, of which load balancers send a few hundred bytes at most.
 const MAX_PROXY_HEADER: usize = 4096;
 
-/// Accepts until `signal`; connections accepted here forward through
-/// `upstream` (the worker's own client and connection pool). Then takes
-/// what is left in the listen queue before the listener is closed.
+/// Accepts from every listener until `signal`; connections accepted here
+/// forward through `upstream` (the worker's own client and connection
+/// pool). Then takes what is left in the listen queues before the
+/// listeners are closed.
+///
+/// One loop for all listeners, so that the place under `max_connections`
+/// taken before accepting goes to whichever listener has a client: a loop
+/// per listener would park places on listeners nobody connects to.
 pub(crate) async fn accept_loop(
     shared: &Arc<DataPlane>,
-    kind: Listener,
-    listener: TcpListener,
+    listeners: Vec<(Listener, TcpListener)>,
     upstream: Arc<Upstream>,
     signal: impl Future<Output = ()>,
 ) {
     tokio::pin!(signal);
+    // Which listener is asked first, turn by turn, so that a busy one
+    // cannot starve the others.
+    let mut first = 0usize;
     loop {
         // Waiting for a place before accepting leaves excess clients in the
         // kernel's backlog instead of failing them.
@@ -58,21 +66,34 @@ pub(crate) async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let (stream, peer) = tokio::select! {
+        let accept = std::future::poll_fn(|cx| {
+            let n = listeners.len();
+            for i in 0..n {
+                let (kind, l) = &listeners[(first + i) % n];
+                if let Poll::Ready(r) = l.poll_accept(cx) {
+                    return Poll::Ready((*kind, r));
+                }
+            }
+            Poll::Pending
+        });
+        let (kind, (stream, peer)) = tokio::select! {
             _ = &mut signal => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
+            (kind, r) = accept => match r {
+                Ok(x) => (kind, x),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %e, listener = kind.as_str(), "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        first = first.wrapping_add(1);
         spawn_client(shared, kind, stream, peer, permit, &upstream);
     }
-    take_listen_queue(shared, kind, listener, &upstream);
+    for (kind, l) in listeners {
+        take_listen_queue(shared, kind, l, &upstream);
+    }
 }
 
 /// Serves the connections the kernel has completed but nobody accepted

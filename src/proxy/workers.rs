@@ -61,29 +61,15 @@ pub(crate) fn start(
                             idle.prune();
                         }
                     });
-                    let mut loops = Vec::with_capacity(listeners.len());
+                    let mut bound = Vec::with_capacity(listeners.len());
                     for (kind, l) in listeners {
                         match TcpListener::from_std(l) {
-                            Ok(l) => {
-                                let (data, upstream) = (data.clone(), upstream.clone());
-                                let accepting = accepting.clone();
-                                loops.push(tokio::spawn(async move {
-                                    crate::proxy::accept::accept_loop(
-                                        &data,
-                                        kind,
-                                        l,
-                                        upstream,
-                                        accepting.cancelled(),
-                                    )
-                                    .await
-                                }));
-                            }
+                            Ok(l) => bound.push((kind, l)),
                             Err(e) => tracing::error!(error = %e, listener = kind.as_str(), "worker cannot listen"),
                         }
                     }
-                    for l in loops {
-                        let _ = l.await;
-                    }
+                    crate::proxy::accept::accept_loop(&data, bound, upstream, accepting.cancelled())
+                        .await;
                     drop(acceptor);
                     // Connections accepted here are served by this loop
                     // until the drain is over.
