@@ -319,8 +319,9 @@ impl Proxy {
     /// Returns whether everything drained, or why serving could not start.
     ///
     /// Client connections are served by `[proxy] workers` threads, each
-    /// running its own single-threaded event loop that accepts from the
-    /// shared listener: a connection, its requests and its upstream
+    /// running its own single-threaded event loop that accepts from every
+    /// configured listener (`listen`, `tls_listen`, `transparent_listen`,
+    /// shared by all workers): a connection, its requests and its upstream
     /// connections stay on one thread, with no hand-offs between threads
     /// per request. The caller's runtime keeps the control plane: the
     /// admin endpoint, token refreshes, reloads and `[proxy]
