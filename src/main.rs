@@ -661,7 +661,7 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         log_file: log_file.exists().then_some(log_file),
         ..Default::default()
     };
-    match rt.block_on(impersonate_proxy::demo::run(opts, shutdown_signal())) {
+    match rt.block_on(async { impersonate_proxy::demo::run(opts, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, e),
     }
@@ -749,25 +749,29 @@ fn reopen_on_sigusr1(reopener: impersonate_proxy::LogReopener) {
     let _ = reopener;
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
+/// this is called (inside the runtime), not when the future is first
+/// polled: the workers answer clients before `serve` awaits the signal,
+/// and a SIGTERM in between would otherwise kill the process instead of
+/// draining it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let Some(mut term) = term else {
                 let _ = tokio::signal::ctrl_c().await;
                 return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
