@@ -455,7 +455,7 @@ async fn haproxy_with_proxy_protocol_v1_and_v2_attributes_requests_to_the_origin
         "[[client]]\nname = \"two\"\ncidrs = [\"127.0.0.2\"]\n[[client]]\nname = \"three\"\ncidrs = [\"127.0.0.3\"]\n",
     )
     .await;
-    let (v2, v1, tv2) = (free_port(), free_port(), free_port());
+    let (v2, v1, tv2, tv1) = (free_port(), free_port(), free_port(), free_port());
     let hdir = tempdir("gw-ppp-haproxy");
     let _lb = start_haproxy(
         &hdir,
@@ -463,6 +463,7 @@ async fn haproxy_with_proxy_protocol_v1_and_v2_attributes_requests_to_the_origin
             (v2, g.listen, "send-proxy-v2"),
             (v1, g.listen, "send-proxy"),
             (tv2, g.transparent.unwrap(), "send-proxy-v2"),
+            (tv1, g.transparent.unwrap(), "send-proxy"),
         ],
     );
     let ca = s(&g.ca_pem).to_owned();
@@ -484,20 +485,23 @@ async fn haproxy_with_proxy_protocol_v1_and_v2_attributes_requests_to_the_origin
         assert!(ok, "from {source} through {front}: {err}");
         assert_eq!(out, "hello");
     }
-    // The transparent listener behind the load balancer too.
-    let (ok, out, err) = curl(&[
-        "--interface",
-        "127.0.0.2",
-        "--connect-to",
-        &format!("storage.googleapis.com:443:{tv2}"),
-        "--cacert",
-        &ca,
-        OBJECT_URL,
-    ])
-    .await;
-    assert!(ok, "{err}");
-    assert_eq!(out, "hello");
-    let records = g.audited("/storage/v1/b/bkt/o/obj", 4).await;
+    // The transparent listener behind the load balancer too: the header,
+    // then the ClientHello.
+    for (source, front) in [("127.0.0.2", tv2), ("127.0.0.3", tv1)] {
+        let (ok, out, err) = curl(&[
+            "--interface",
+            source,
+            "--connect-to",
+            &format!("storage.googleapis.com:443:{front}"),
+            "--cacert",
+            &ca,
+            OBJECT_URL,
+        ])
+        .await;
+        assert!(ok, "from {source} through {front}: {err}");
+        assert_eq!(out, "hello");
+    }
+    let records = g.audited("/storage/v1/b/bkt/o/obj", 5).await;
     let seen: Vec<(String, String, String)> = records
         .iter()
         .map(|r| {
@@ -525,11 +529,12 @@ async fn haproxy_with_proxy_protocol_v1_and_v2_attributes_requests_to_the_origin
             want("127.0.0.3", "three", "connect"),
             want("127.0.0.3", "three", "connect"),
             want("127.0.0.2", "two", "transparent"),
+            want("127.0.0.3", "three", "transparent"),
         ],
         "{records:?}"
     );
     assert!(records.iter().all(|r| r["identified_by"] == "cidr"));
-    assert_eq!(emu.counters().get("storage", READER), 4);
+    assert_eq!(emu.counters().get("storage", READER), 5);
 
     // A listed peer that sends no header is closed, unanswered.
     let mut direct = tokio::net::TcpStream::connect(g.listen).await.unwrap();

@@ -453,6 +453,15 @@ mod tests {
             parse_proxy_header(b"PROXY TCP4 127.0.0.2 127.0"),
             Parsed::Incomplete
         );
+        // A v1 header, then a ClientHello's binary bytes in the same read.
+        let v1_then_tls = b"PROXY TCP4 127.0.0.2 127.0.0.1 5555 443\r\n\x16\x03\x01\xff\xfe";
+        assert_eq!(
+            parse_proxy_header(v1_then_tls),
+            Parsed::Done {
+                source: Some("127.0.0.2:5555".parse().unwrap()),
+                len: v1_then_tls.len() - 5
+            }
+        );
         assert_eq!(
             parse_proxy_header(b"PROXY UNKNOWN\r\n"),
             Parsed::Done {
