@@ -151,6 +151,10 @@ pub struct ClientConfig {
     /// `Proxy-Authorization: Basic` credentials.
     #[serde(default)]
     pub proxy_auth: Option<ProxyAuthConfig>,
+    /// URI or DNS subject alternative names, one of which a verified
+    /// client certificate on `tls_listen` must carry (e.g. a SPIFFE ID).
+    #[serde(default)]
+    pub cert_san: Vec<String>,
 }
 
 /// `proxy_auth = { user, password_file }`
@@ -308,6 +312,38 @@ pub struct ProxyConfig {
     /// SIGHUP does.
     #[serde(default)]
     pub watch_config: bool,
+    /// An HTTPS proxy listener: TLS to the proxy (`[proxy.tls]`), then
+    /// CONNECT or absolute-form inside.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// A transparent listener: clients connect here as if to the Google
+    /// API host itself (DNS or an iptables REDIRECT sent them); the TLS
+    /// SNI names the host.
+    #[serde(default)]
+    pub transparent_listen: Option<SocketAddr>,
+    /// Peers (CIDRs, e.g. a load balancer) that must send a PROXY protocol
+    /// v1/v2 header on every listener; its source address is the client's.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
+    /// `[proxy.tls]`: what `tls_listen` presents and whom it accepts.
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
+}
+
+/// `[proxy.tls]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// The listener's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM); owner-only, like the CA key.
+    pub key: PathBuf,
+    /// Require a client certificate chained to this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for `client_ca`.
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
 }
 
 /// Most `[proxy] workers` accepted.
@@ -331,6 +367,10 @@ impl Default for ProxyConfig {
             drain_timeout: default_drain(),
             shutdown_delay: Duration::ZERO,
             watch_config: false,
+            tls_listen: None,
+            transparent_listen: None,
+            proxy_protocol_from: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -708,6 +748,14 @@ impl Config {
         if let Some(p) = self.audit.file.as_mut() {
             fix(p);
         }
+        if let Some(t) = self.proxy.tls.as_mut() {
+            fix(&mut t.cert);
+            fix(&mut t.key);
+            if let Some(p) = t.client_ca.as_mut() {
+                fix(p);
+            }
+            t.client_crl.iter_mut().for_each(fix);
+        }
         for c in &mut self.clients {
             if let Some(a) = c.proxy_auth.as_mut() {
                 fix(&mut a.password_file);
@@ -829,10 +877,30 @@ impl Config {
                     format!("`{}` must be non-empty and unique", c.name),
                 ));
             }
-            if c.cidrs.is_empty() && c.proxy_auth.is_none() {
+            if c.cidrs.is_empty() && c.proxy_auth.is_none() && c.cert_san.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("client[{i}] (\"{}\")", c.name),
-                    "needs `cidrs`, `proxy_auth`, or both: a client that matches everyone would make the list pointless",
+                    "needs `cidrs`, `proxy_auth`, `cert_san`, or several: a client that matches everyone would make the list pointless",
+                ));
+            }
+            for (j, san) in c.cert_san.iter().enumerate() {
+                if san.trim().is_empty() || san.contains(char::is_whitespace) {
+                    return Err(ConfigError::invalid(
+                        format!("client[{i}].cert_san[{j}]"),
+                        format!("`{san}` is not a URI or DNS name (e.g. \"spiffe://corp/ns/batch/sa/runner\")"),
+                    ));
+                }
+            }
+            if !c.cert_san.is_empty()
+                && self
+                    .proxy
+                    .tls
+                    .as_ref()
+                    .is_none_or(|t| t.client_ca.is_none())
+            {
+                return Err(ConfigError::invalid(
+                    format!("client[{i}].cert_san"),
+                    "needs [proxy] tls_listen and [proxy.tls] client_ca: only a certificate verified against client_ca has SANs to match",
                 ));
             }
             if let Some(a) = &c.proxy_auth {
@@ -852,14 +920,58 @@ impl Config {
                 ));
             }
         }
-        let ip = self.proxy.listen.ip();
-        if !ip.is_loopback() && self.clients.is_empty() && !self.proxy.allow_any_client {
-            return Err(ConfigError::invalid(
-                "proxy.listen",
-                format!(
-                    "{ip} is reachable from other machines, and whoever reaches the proxy acts as its target service accounts; add [[client]] entries (cidrs and/or proxy_auth), or set [proxy] allow_any_client = true if that is really intended"
-                ),
-            ));
+        let p = &self.proxy;
+        let listeners = [
+            ("proxy.listen", Some(p.listen)),
+            ("proxy.tls_listen", p.tls_listen),
+            ("proxy.transparent_listen", p.transparent_listen),
+        ];
+        for (key, addr) in listeners {
+            let Some(addr) = addr else { continue };
+            let ip = addr.ip();
+            if !ip.is_loopback() && self.clients.is_empty() && !p.allow_any_client {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{ip} is reachable from other machines, and whoever reaches the proxy acts as its target service accounts; add [[client]] entries (cidrs, proxy_auth and/or cert_san), or set [proxy] allow_any_client = true if that is really intended"
+                    ),
+                ));
+            }
+            let admin = ("proxy.admin", p.admin);
+            let clash = listeners
+                .iter()
+                .take_while(|(k, _)| *k != key)
+                .chain(std::iter::once(&admin))
+                .find(|(_, other)| *other == Some(addr) && addr.port() != 0);
+            if let Some((other, _)) = clash {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{addr} is also {other}; every listener needs its own address"),
+                ));
+            }
+        }
+        match (&p.tls_listen, &p.tls) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "proxy.tls",
+                    "is required with tls_listen: add [proxy.tls] with cert and key (PEM files), and client_ca to require client certificates",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "proxy.tls_listen",
+                    "is not set, so [proxy.tls] would be used by no listener; set tls_listen = \"0.0.0.0:8443\" or remove [proxy.tls]",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(t) = &p.tls {
+            if t.client_ca.is_none() && !t.client_crl.is_empty() {
+                return Err(ConfigError::invalid(
+                    "proxy.tls.client_crl",
+                    "needs client_ca: revocation lists apply to client certificates, which are asked for only with client_ca",
+                ));
+            }
         }
         Ok(())
     }
@@ -1048,6 +1160,53 @@ mod tests {
         }
         let err = parse("[proxy]\nshutdown_delay = \"8d\"\n").unwrap_err();
         assert!(err.to_string().contains("proxy.shutdown_delay"), "{err}");
+    }
+
+    #[test]
+    fn gateway_listeners_are_checked_with_key_names() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.proxy.tls_listen, None);
+        assert_eq!(cfg.proxy.transparent_listen, None);
+        assert!(cfg.proxy.proxy_protocol_from.is_empty());
+        let tls = "[proxy.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n";
+        let cfg = parse(&format!(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\ntransparent_listen = \"127.0.0.1:443\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\n{tls}[[client]]\nname = \"batch\"\ncert_san = [\"spiffe://corp/ns/batch/sa/runner\"]\n"
+        ))
+        .unwrap();
+        let t = cfg.proxy.tls.unwrap();
+        assert_eq!(t.key, PathBuf::from("k.pem"));
+        assert_eq!(cfg.clients[0].cert_san.len(), 1);
+        for (bad, key) in [
+            ("[proxy]\ntls_listen = \"127.0.0.1:8443\"\n", "proxy.tls"),
+            (tls, "proxy.tls_listen"),
+            (
+                "[proxy]\ntransparent_listen = \"0.0.0.0:443\"\n",
+                "proxy.transparent_listen",
+            ),
+            (
+                "[proxy]\ntransparent_listen = \"127.0.0.1:8080\"\n",
+                "proxy.transparent_listen",
+            ),
+            (
+                "[proxy]\ntls_listen = \"127.0.0.1:9000\"\nadmin = \"127.0.0.1:9000\"\n[proxy.tls]\ncert = \"c\"\nkey = \"k\"\n",
+                "proxy.tls_listen",
+            ),
+            (
+                "[proxy]\ntls_listen = \"127.0.0.1:8443\"\n[proxy.tls]\ncert = \"c\"\nkey = \"k\"\nclient_crl = [\"x.pem\"]\n",
+                "proxy.tls.client_crl",
+            ),
+            (
+                "[[client]]\nname = \"b\"\ncert_san = [\"spiffe://x\"]\n",
+                "client[0].cert_san",
+            ),
+            (
+                "[[client]]\nname = \"b\"\ncidrs = [\"10.0.0.0/8\"]\ncert_san = [\"\"]\n",
+                "client[0].cert_san[0]",
+            ),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{bad}: {err}");
+        }
     }
 
     #[test]

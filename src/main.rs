@@ -295,8 +295,23 @@ fn check(path: &Path, live: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
+    if let Err(e) = impersonate_proxy::proxy::check_listeners(&cfg) {
+        return fail(2, e);
+    }
     println!("{}: ok", path.display());
     println!("listen     {}", cfg.proxy.listen);
+    if let Some(a) = cfg.proxy.tls_listen {
+        println!("tls_listen {a}");
+    }
+    if let Some(a) = cfg.proxy.transparent_listen {
+        println!("transparent_listen {a}");
+    }
+    if !cfg.proxy.proxy_protocol_from.is_empty() {
+        println!(
+            "proxy_protocol_from {}",
+            cfg.proxy.proxy_protocol_from.join(", ")
+        );
+    }
     println!(
         "ca         {} / {}",
         cfg.ca.cert.display(),
@@ -656,7 +671,7 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         log_file: log_file.exists().then_some(log_file),
         ..Default::default()
     };
-    match rt.block_on(impersonate_proxy::demo::run(opts, shutdown_signal())) {
+    match rt.block_on(async { impersonate_proxy::demo::run(opts, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, e),
     }
@@ -744,25 +759,29 @@ fn reopen_on_sigusr1(reopener: impersonate_proxy::LogReopener) {
     let _ = reopener;
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
+/// this is called (inside the runtime), not when the future is first
+/// polled: the workers answer clients before `serve` awaits the signal,
+/// and a SIGTERM in between would otherwise kill the process instead of
+/// draining it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let Some(mut term) = term else {
                 let _ = tokio::signal::ctrl_c().await;
                 return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

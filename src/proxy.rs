@@ -3,19 +3,25 @@
 //! listeners, starts the control plane and the workers, and serves until
 //! a shutdown signal.
 //!
-//! A request meets, in order: `workers` (accept), `listener` (client
-//! identity, CONNECT or absolute-form), `tunnel` (intercept or splice),
+//! A request meets, in order: `workers` and `accept` (accept, PROXY
+//! protocol, the listener's TLS), `listener` (client identity, CONNECT or
+//! absolute-form) or `transparent` (the SNI), `tunnel` (intercept or splice),
 //! `request` (normalise, route, inject), `upstream` (forward), `reply`
 //! (errors the proxy writes itself).
 
+mod accept;
 mod idle;
 mod listener;
+mod prefixed;
 mod refusals;
 pub mod reply;
 mod request;
+mod transparent;
 mod tunnel;
 mod upstream;
 mod workers;
+
+pub use accept::check_listeners;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +39,7 @@ use crate::ca::{CaError, CertAuthority};
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::control::{ControlPlane, ReloadError, Reloaded};
 use crate::net::{tune, Outbound, UpstreamSetupError};
-use crate::ops::audit::AuditSink;
+use crate::ops::audit::{AuditSink, Listener};
 use crate::policy::{ClientError, CompileError};
 
 /// The proxy could not start.
@@ -106,6 +112,10 @@ pub(crate) struct DataPlane {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Recent 407s by address, to slow down password guessing.
     pub refusals: refusals::Refusals,
+    /// What `tls_listen` presents and whom it accepts (`[proxy.tls]`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Peers whose connections start with a PROXY protocol header.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// A handle that reloads the running proxy's config (SIGHUP, `POST
@@ -149,6 +159,8 @@ impl LogReopener {
 pub struct Proxy {
     data: Arc<DataPlane>,
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    transparent_listener: Option<TcpListener>,
     admin: Option<TcpListener>,
     drain_timeout: Duration,
     shutdown_delay: Duration,
@@ -179,6 +191,16 @@ impl Proxy {
             addr: cfg.proxy.listen,
             source,
         })?;
+        let tls = match &cfg.proxy.tls {
+            Some(t) => Some(accept::listener_tls(t)?),
+            None => None,
+        };
+        let bind_other = |addr: Option<SocketAddr>| -> Result<Option<TcpListener>, StartError> {
+            addr.map(|addr| listen(addr).map_err(|source| StartError::Bind { addr, source }))
+                .transpose()
+        };
+        let tls_listener = bind_other(cfg.proxy.tls_listen)?;
+        let transparent_listener = bind_other(cfg.proxy.transparent_listen)?;
         let control = ControlPlane::start(cfg, upstream.clone(), local)?;
         let audit = AuditSink::start(&cfg.audit).map_err(StartError::Audit)?;
         let l = cfg.limits.clone();
@@ -221,6 +243,8 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             refusals: Default::default(),
+            tls,
+            proxy_protocol_from: accept::proxy_protocol_peers(cfg),
         };
         tracing::info!(
             routes = data.control.policy().routes().routes().len(),
@@ -230,6 +254,8 @@ impl Proxy {
         Ok(Proxy {
             data: Arc::new(data),
             listener,
+            tls_listener,
+            transparent_listener,
             admin,
             drain_timeout: cfg.proxy.drain_timeout,
             shutdown_delay: cfg.proxy.shutdown_delay,
@@ -266,6 +292,18 @@ impl Proxy {
             .expect("a bound TCP listener has a local address")
     }
 
+    /// The address `[proxy] tls_listen` is bound to, if set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address `[proxy] transparent_listen` is bound to, if set.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `signal` completes, then shuts down in three steps:
     ///
     /// 1. `/readyz` answers 503 at once, while the listener keeps
@@ -281,8 +319,9 @@ impl Proxy {
     /// Returns whether everything drained, or why serving could not start.
     ///
     /// Client connections are served by `[proxy] workers` threads, each
-    /// running its own single-threaded event loop that accepts from the
-    /// shared listener: a connection, its requests and its upstream
+    /// running its own single-threaded event loop that accepts from every
+    /// configured listener (`listen`, `tls_listen`, `transparent_listen`,
+    /// shared by all workers): a connection, its requests and its upstream
     /// connections stay on one thread, with no hand-offs between threads
     /// per request. The caller's runtime keeps the control plane: the
     /// admin endpoint, token refreshes, reloads and `[proxy]
@@ -291,6 +330,8 @@ impl Proxy {
         let Proxy {
             data,
             listener,
+            tls_listener,
+            transparent_listener,
             admin,
             drain_timeout,
             shutdown_delay,
@@ -306,7 +347,17 @@ impl Proxy {
         // If this future is dropped instead of completing, the workers stop
         // too rather than serving on unowned.
         let _stop_workers = (accepting.clone().drop_guard(), stop.clone().drop_guard());
-        let threads = workers::start(&data, listener, workers, &accepting, &acceptors, &stop)
+        let mut listeners = vec![(Listener::Connect, listener)];
+        for (kind, l) in [
+            (Listener::Tls, tls_listener),
+            (Listener::Transparent, transparent_listener),
+        ] {
+            if let Some(l) = l {
+                tracing::info!(listener = kind.as_str(), addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "also listening");
+                listeners.push((kind, l));
+            }
+        }
+        let threads = workers::start(&data, listeners, workers, &accepting, &acceptors, &stop)
             .map_err(StartError::Workers)?;
         acceptors.close();
         // The admin endpoint outlives the drain, so /readyz answers 503

@@ -60,6 +60,55 @@ impl AuditAction {
     }
 }
 
+/// The listener a request arrived on, as written in its audit record and
+/// metrics labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Listener {
+    /// `[proxy] listen`: CONNECT and absolute-form.
+    #[default]
+    Connect,
+    /// `[proxy] tls_listen`: TLS to the proxy, then CONNECT inside.
+    Tls,
+    /// `[proxy] transparent_listen`: TLS straight to the gateway.
+    Transparent,
+}
+
+impl Listener {
+    /// The word in the audit line and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Connect => "connect",
+            Listener::Tls => "tls",
+            Listener::Transparent => "transparent",
+        }
+    }
+}
+
+/// How a request was attributed to its `[[client]]`: by the strongest
+/// condition the entry sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IdentifiedBy {
+    /// The source address (`cidrs` only).
+    Cidr,
+    /// `Proxy-Authorization: Basic` (`proxy_auth`).
+    Basic,
+    /// A verified client certificate's SANs (`cert_san`).
+    Cert,
+}
+
+impl IdentifiedBy {
+    /// The word in the audit line and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifiedBy::Cidr => "cidr",
+            IdentifiedBy::Basic => "basic",
+            IdentifiedBy::Cert => "cert",
+        }
+    }
+}
+
 /// Whom a request acted as: what a token slot tells the audit record,
 /// without the token. Implemented by the token slots; a reference count,
 /// not a copy, rides on every record.
@@ -215,6 +264,10 @@ pub(crate) struct Record {
     pub client: SocketAddr,
     /// Omitted from the line when `None`.
     pub client_name: Option<Arc<str>>,
+    /// How `client_name` was established (omitted when `None`).
+    pub identified_by: Option<IdentifiedBy>,
+    /// The listener the request arrived on.
+    pub listener: Listener,
     pub method: http::Method,
     pub host: Arc<str>,
     /// Only its path is written, never the query.
@@ -255,6 +308,8 @@ impl Record {
             time: SystemTime::now(),
             client,
             client_name: None,
+            identified_by: None,
+            listener: Listener::Connect,
             method: method.clone(),
             host: host.clone(),
             path: uri.path_and_query().cloned(),
@@ -299,6 +354,14 @@ impl Record {
             out.extend_from_slice(b",\"client_name\":");
             json_str(out, name);
         }
+        if let Some(by) = self.identified_by {
+            out.extend_from_slice(b",\"identified_by\":\"");
+            out.extend_from_slice(by.as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"listener\":\"");
+        out.extend_from_slice(self.listener.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_str());
         out.extend_from_slice(b",\"host\":");
@@ -501,6 +564,8 @@ mod tests {
         );
         r.time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_869_762_042);
         r.client_name = Some("ci \"runner\"\\\u{1}\n\u{e9}".into());
+        r.identified_by = Some(IdentifiedBy::Cert);
+        r.listener = Listener::Tls;
         r.route = Some("gcs".into());
         r.action = AuditAction::Impersonate;
         r.acting_as = Some(Arc::new(Acting(
@@ -531,6 +596,8 @@ mod tests {
                 "time": "2026-11-28T12:42:42.042Z",
                 "client": "127.0.0.1:5555",
                 "client_name": "ci \"runner\"\\\u{1}\n\u{e9}",
+                "identified_by": "cert",
+                "listener": "tls",
                 "method": "POST",
                 "host": "storage.googleapis.com",
                 "path": "/upload/storage/v1/b/my%22bucket/o",

@@ -19,6 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::ops::audit::{IdentifiedBy, Listener};
+
 /// A label value shared with the config (route and client names): a
 /// reference-count bump per request, not a string copy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -42,6 +44,10 @@ struct RequestLabels {
     route: Name,
     client: Name,
     status: &'static str,
+    /// `connect`, `tls` or `transparent`.
+    listener: &'static str,
+    /// `cidr`, `basic`, `cert`, or `none` (no `[[client]]` entries).
+    identified_by: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,7 +120,7 @@ impl Metrics {
         };
         registry.register(
             "requests",
-            "Requests by route, client and status class",
+            "Requests by route, client, status class, listener and how the client was identified",
             m.requests.clone(),
         );
         registry.register(
@@ -185,6 +191,7 @@ impl Metrics {
         &self,
         route: Option<&Arc<str>>,
         client: Option<&Arc<str>>,
+        (listener, identified_by): (Listener, Option<IdentifiedBy>),
         status: u16,
         elapsed: Duration,
     ) {
@@ -203,6 +210,8 @@ impl Metrics {
                 route: route.clone(),
                 client: name_or(client, &ANONYMOUS, "anonymous"),
                 status: class,
+                listener: listener.as_str(),
+                identified_by: identified_by.map_or("none", IdentifiedBy::as_str),
             })
             .inc();
         self.duration

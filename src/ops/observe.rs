@@ -116,6 +116,7 @@ impl<G> Drop for Tracked<G> {
             crate::ops::metrics::global().request(
                 record.route.as_ref(),
                 record.client_name.as_ref(),
+                (record.listener, record.identified_by),
                 record.status,
                 record.duration,
             );

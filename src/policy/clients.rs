@@ -15,6 +15,7 @@ use ring::digest::{digest, Digest, SHA256};
 
 use crate::config::Config;
 use crate::net::{parse_cidr, unmap};
+use crate::ops::audit::IdentifiedBy;
 
 /// A client entry could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub(crate) struct ClientId {
     pub index: u32,
     /// The client's name (audit, metrics).
     pub name: Arc<str>,
+    /// The strongest condition the entry sets: what the client proved.
+    pub identified_by: IdentifiedBy,
 }
 
 impl fmt::Debug for ClientId {
@@ -70,6 +73,8 @@ struct Client {
     cidrs: Vec<IpNet>,
     /// SHA-256 of `user:password`, compared in constant time.
     basic: Option<Digest>,
+    /// URI or DNS SANs, one of which the client certificate must carry.
+    cert_san: Vec<Box<str>>,
 }
 
 /// The compiled `[[client]]` list.
@@ -102,12 +107,15 @@ pub(crate) enum Refusal {
 /// What a client presented to be identified: its `Proxy-Authorization:
 /// Basic` as a digest (never the password itself), kept with a tunnel so
 /// every request in it is identified again against the current policy.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Presented {
     /// SHA-256 of a well-formed Basic `user:password`.
     basic: Option<Digest>,
     /// Whether a `Proxy-Authorization` was sent at all (even malformed).
     sent: bool,
+    /// The URI and DNS SANs of the client certificate the TLS listener
+    /// verified, shared by every request on the connection.
+    cert_sans: Option<Arc<[Box<str>]>>,
 }
 
 impl Presented {
@@ -118,16 +126,29 @@ impl Presented {
                 .and_then(basic_pair)
                 .map(|p| digest(&SHA256, &p)),
             sent: proxy_authorization.is_some(),
+            cert_sans: None,
         }
+    }
+
+    /// The same, with the SANs of the connection's verified client
+    /// certificate.
+    pub fn with_cert_sans(mut self, sans: Option<Arc<[Box<str>]>>) -> Presented {
+        self.cert_sans = sans;
+        self
     }
 }
 
 impl fmt::Debug for Presented {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match (self.basic.is_some(), self.sent) {
-            (true, _) => "Presented(basic)",
-            (false, true) => "Presented(malformed)",
-            (false, false) => "Presented(none)",
+            (true, _) => "Presented(basic",
+            (false, true) => "Presented(malformed",
+            (false, false) => "Presented(none",
+        })?;
+        f.write_str(if self.cert_sans.is_some() {
+            ", cert)"
+        } else {
+            ")"
         })
     }
 }
@@ -141,7 +162,12 @@ impl Client {
             (Some(want), Some(got)) => same(want, got),
             (Some(_), None) => false,
         };
-        addr_ok && auth_ok
+        let cert_ok = self.cert_san.is_empty()
+            || presented.cert_sans.as_ref().is_some_and(|sans| {
+                sans.iter()
+                    .any(|got| self.cert_san.iter().any(|want| san_matches(want, got)))
+            });
+        addr_ok && auth_ok && cert_ok
     }
 }
 
@@ -167,13 +193,22 @@ impl Clients {
                     Some(digest(&SHA256, &pair))
                 }
             };
+            let identified_by = if !c.cert_san.is_empty() {
+                IdentifiedBy::Cert
+            } else if basic.is_some() {
+                IdentifiedBy::Basic
+            } else {
+                IdentifiedBy::Cidr
+            };
             clients.push(Client {
                 id: ClientId {
                     index: u32::try_from(i).expect("fewer than 2^32 clients"),
                     name: c.name.as_str().into(),
+                    identified_by,
                 },
                 cidrs,
                 basic,
+                cert_san: c.cert_san.iter().map(|s| s.as_str().into()).collect(),
             });
         }
         Ok(Clients { clients })
@@ -221,6 +256,16 @@ impl Clients {
             Some(c) if c.admits(peer, presented) => Ok(Some(c.id.clone())),
             _ => Err(Refusal::Revoked),
         }
+    }
+}
+
+/// Whether a certificate SAN `got` is the configured `want`: a URI (a
+/// SPIFFE ID) exactly, a DNS name in any case.
+fn san_matches(want: &str, got: &str) -> bool {
+    if want.contains(':') {
+        want == got
+    } else {
+        want.eq_ignore_ascii_case(got)
     }
 }
 
@@ -417,6 +462,54 @@ cidrs = ["192.168.1.0/24", "::1"]
                 &Presented::default()
             ),
             Err(Refusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn cert_san_needs_a_verified_certificate_naming_it_and_every_other_condition() {
+        let d = dir("cert");
+        let c = clients(
+            r#"
+[proxy]
+tls_listen = "127.0.0.1:8443"
+[proxy.tls]
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+[[client]]
+name = "batch"
+cidrs = ["10.8.0.0/16"]
+cert_san = ["spiffe://corp/ns/batch/sa/runner", "Batch.corp.internal"]
+[[client]]
+name = "office"
+cidrs = ["192.168.1.0/24"]
+"#,
+            &d,
+        );
+        let sans = |list: &[&str]| {
+            Presented::default()
+                .with_cert_sans(Some(list.iter().map(|s| Box::<str>::from(*s)).collect()))
+        };
+        let who = |ip: &str, p: &Presented| {
+            c.identify(ip.parse().unwrap(), p)
+                .map(|c| c.map(|c| (c.name.to_string(), c.identified_by)))
+        };
+        let batch = Ok(Some(("batch".to_owned(), IdentifiedBy::Cert)));
+        assert_eq!(
+            who("10.8.0.1", &sans(&["spiffe://corp/ns/batch/sa/runner"])),
+            batch
+        );
+        assert_eq!(
+            who("10.8.0.1", &sans(&["x.example", "batch.CORP.internal"])),
+            batch
+        );
+        // A URI is compared exactly; no certificate, or the wrong network: no.
+        assert!(who("10.8.0.1", &sans(&["SPIFFE://corp/ns/batch/sa/runner"])).is_err());
+        assert!(who("10.8.0.1", &Presented::default()).is_err());
+        assert!(who("10.9.0.1", &sans(&["spiffe://corp/ns/batch/sa/runner"])).is_err());
+        assert_eq!(
+            who("192.168.1.2", &sans(&["spiffe://corp/ns/batch/sa/runner"])),
+            Ok(Some(("office".to_owned(), IdentifiedBy::Cidr)))
         );
     }
 

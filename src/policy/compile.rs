@@ -83,6 +83,9 @@ pub fn check(cfg: &Config) -> Result<Checked, ConfigError> {
             cidr(format!("client[{i}].cidrs[{j}]"), s)?;
         }
     }
+    for (i, s) in cfg.proxy.proxy_protocol_from.iter().enumerate() {
+        cidr(format!("proxy.proxy_protocol_from[{i}]"), s)?;
+    }
     let allow_private = cfg
         .intercept
         .allow_private

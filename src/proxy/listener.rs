@@ -1,8 +1,8 @@
-//! The accept loop and the client-facing HTTP/1.1 connection: connection
-//! limit, then CONNECT vs absolute-form dispatch.
+//! The client-facing HTTP/1.1 connection (on `listen`, or inside TLS on
+//! `tls_listen`): client identity, then CONNECT vs absolute-form
+//! dispatch.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,12 +12,12 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::OtherHosts;
 use crate::control::metadata::{self, Metadata};
 use crate::net::{default_port, normalize_host, request_authority, ProxyBody};
-use crate::ops::audit::{AuditAction, Record};
+use crate::ops::audit::{AuditAction, Listener, Record};
 use crate::ops::observe;
 use crate::policy::clients::{ClientId, Presented};
 use crate::proxy::idle::{ActiveIo, Activity, Expired, InFlight, Retirement};
@@ -26,105 +26,36 @@ use crate::proxy::tunnel::{Dest, Dial};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, tunnel, ConnPermit, DataPlane};
 
-/// Accepts until `signal`; connections accepted here forward through
-/// `upstream` (the worker's own client and connection pool). Then takes
-/// what is left in the listen queue before the listener is closed.
-pub(crate) async fn accept_loop(
-    shared: &Arc<DataPlane>,
-    listener: TcpListener,
-    upstream: Arc<Upstream>,
-    signal: impl Future<Output = ()>,
-) {
-    tokio::pin!(signal);
-    loop {
-        // Waiting for a place before accepting leaves excess clients in the
-        // kernel's backlog instead of failing them.
-        let permit = tokio::select! {
-            _ = &mut signal => break,
-            p = shared.connections.clone().acquire_owned() => match p {
-                Ok(p) => Arc::new(p),
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut signal => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        spawn_client(shared, stream, peer, permit, &upstream);
-    }
-    take_listen_queue(shared, listener, &upstream);
+/// What a client connection brings from its listener.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub listener: Listener,
+    /// The URI and DNS SANs of the client certificate `tls_listen`
+    /// verified.
+    pub cert_sans: Option<Arc<[Box<str>]>>,
 }
 
-/// Serves the connections the kernel has completed but nobody accepted
-/// yet. Closing the listener would reset them, and a client (or a load
-/// balancer in TCP mode, which has already forwarded the client's bytes)
-/// sees that as a failed request. Asks the socket itself, not tokio's
-/// readiness cache, which may not have heard of the last arrivals.
-fn take_listen_queue(shared: &Arc<DataPlane>, listener: TcpListener, upstream: &Arc<Upstream>) {
-    let Ok(listener) = listener.into_std() else {
-        return;
-    };
-    let mut taken = 0usize;
-    loop {
-        // At max_connections the rest would have waited anyway.
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            break;
-        };
-        let accepted = listener.accept().and_then(|(s, peer)| {
-            s.set_nonblocking(true)?;
-            Ok((TcpStream::from_std(s)?, peer))
-        });
-        match accepted {
-            Ok((stream, peer)) => {
-                taken += 1;
-                spawn_client(shared, stream, peer, Arc::new(permit), upstream);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept of a queued connection failed");
-                break;
-            }
+impl Conn {
+    /// A connection on `listen`.
+    pub fn plain() -> Conn {
+        Conn {
+            listener: Listener::Connect,
+            cert_sans: None,
         }
     }
-    if taken > 0 {
-        tracing::debug!(
-            connections = taken,
-            "served the listen queue after accepting stopped"
-        );
-    }
 }
 
-fn spawn_client(
-    shared: &Arc<DataPlane>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: ConnPermit,
-    upstream: &Arc<Upstream>,
-) {
-    let shared2 = shared.clone();
-    let upstream = upstream.clone();
-    shared
-        .tasks
-        .spawn(async move { serve_client(shared2, stream, peer, permit, upstream).await });
-}
-
-async fn serve_client(
+/// Serves HTTP/1.1 on a client connection of `listen` or `tls_listen`.
+pub(crate) async fn serve_client<I>(
     shared: Arc<DataPlane>,
-    stream: TcpStream,
+    stream: I,
     peer: SocketAddr,
+    conn: Conn,
     permit: ConnPermit,
     upstream: Arc<Upstream>,
-) {
-    let _open = crate::ops::metrics::global().connection();
-    let _ = stream.set_nodelay(true);
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_shared = shared.clone();
     let activity = Activity::new();
     let svc_activity = activity.clone();
@@ -133,10 +64,11 @@ async fn serve_client(
         let shared = svc_shared.clone();
         let permit = permit.clone();
         let upstream = upstream.clone();
+        let conn = conn.clone();
         let guard = svc_activity.begin();
         let is_connect = req.method() == Method::CONNECT;
         async move {
-            let mut resp = dispatch(shared, peer, permit, upstream, req, guard).await;
+            let mut resp = dispatch(shared, peer, conn, permit, upstream, req, guard).await;
             // A CONNECT turns the connection into a tunnel, which ages on
             // its own (or, spliced blind, not at all).
             if !is_connect {
@@ -175,18 +107,29 @@ async fn serve_client(
 async fn dispatch(
     shared: Arc<DataPlane>,
     peer: SocketAddr,
+    conn: Conn,
     permit: ConnPermit,
     upstream: Arc<Upstream>,
     req: Request<Incoming>,
     guard: InFlight,
 ) -> Response<ProxyBody> {
     let policy = shared.control.policy_full();
-    let presented = Presented::from_header(req.headers().get(header::PROXY_AUTHORIZATION));
+    let presented = Presented::from_header(req.headers().get(header::PROXY_AUTHORIZATION))
+        .with_cert_sans(conn.cert_sans);
+    let listener = conn.listener;
     let client = match policy.clients.identify(peer.ip(), &presented) {
         Ok(c) => c,
         Err(refusal) => {
             let resp = reply::proxy_auth_required(refusal);
-            audit_connection_level(&shared, peer, None, &req, &resp, AuditAction::ProxyAuth);
+            audit_connection_level(
+                &shared,
+                peer,
+                listener,
+                None,
+                &req,
+                &resp,
+                AuditAction::ProxyAuth,
+            );
             // Guessing passwords gets slower with every miss.
             let delay = shared.refusals.record(peer.ip());
             if !delay.is_zero() {
@@ -200,10 +143,12 @@ async fn dispatch(
         let uri = req.uri().clone();
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let name = client.as_ref().map(|c| c.name.clone());
+        let identified_by = client.as_ref().map(|c| c.identified_by);
         let resp = tunnel::connect(
             shared.clone(),
             &policy,
             peer,
+            listener,
             (client, presented),
             permit,
             upstream,
@@ -220,6 +165,8 @@ async fn dispatch(
             if shared.audit.enabled() {
                 let mut r = Record::new(peer, &method, &authority.into(), &uri);
                 r.client_name = name;
+                r.identified_by = identified_by;
+                r.listener = listener;
                 r.action = action;
                 r.status = resp.status().as_u16();
                 shared.audit.write(&r);
@@ -235,7 +182,7 @@ async fn dispatch(
             && uri.authority().is_some_and(|a| m.is_our_host(a.as_str()))
     });
     if let Some(m) = metadata {
-        return serve_metadata(&shared, m, peer, client, req, guard).await;
+        return serve_metadata(&shared, m, peer, listener, client, req, guard).await;
     }
     match (uri.scheme(), uri.authority()) {
         (Some(s), Some(a)) if *s == Scheme::HTTP => {
@@ -291,6 +238,7 @@ async fn dispatch(
             let origin = Arc::new(Origin::new(
                 upstream,
                 peer,
+                listener,
                 (client, presented),
                 target,
                 None,
@@ -303,7 +251,7 @@ async fn dispatch(
         ),
         (None, None) => match shared.control.metadata() {
             // Origin-form: what a client sends to GCE_METADATA_HOST.
-            Some(m) => serve_metadata(&shared, m, peer, client, req, guard).await,
+            Some(m) => serve_metadata(&shared, m, peer, listener, client, req, guard).await,
             None if req.headers().contains_key("metadata-flavor") => reply::error(
                 StatusCode::NOT_FOUND,
                 "this is impersonate-proxy; its metadata-server endpoint is off: set [metadata] enabled = true and service_account",
@@ -327,6 +275,7 @@ async fn serve_metadata(
     shared: &DataPlane,
     metadata: &Metadata,
     peer: SocketAddr,
+    listener: Listener,
     client: Option<ClientId>,
     req: Request<Incoming>,
     guard: InFlight,
@@ -336,7 +285,9 @@ async fn serve_metadata(
         .await;
     let host = request_authority(&req).unwrap_or_default();
     let mut record = Record::new(peer, req.method(), &host.into(), req.uri());
+    record.identified_by = client.as_ref().map(|c| c.identified_by);
     record.client_name = client.map(|c| c.name);
+    record.listener = listener;
     record.action = AuditAction::Metadata;
     record.acting_as = Some(metadata.principal());
     record.audience = metadata::audience(&resp);
@@ -348,6 +299,7 @@ async fn serve_metadata(
 fn audit_connection_level(
     shared: &DataPlane,
     peer: SocketAddr,
+    listener: Listener,
     client: Option<Arc<str>>,
     req: &Request<Incoming>,
     resp: &Response<ProxyBody>,
@@ -363,6 +315,7 @@ fn audit_connection_level(
         .unwrap_or_default();
     let mut r = Record::new(peer, req.method(), &host.into(), req.uri());
     r.client_name = client;
+    r.listener = listener;
     r.action = action;
     r.status = resp.status().as_u16();
     shared.audit.write(&r);

@@ -17,7 +17,7 @@ use crate::config::AuthorizationPolicy;
 use crate::google::slot::Slot;
 use crate::google::CredentialError;
 use crate::net::{default_port, normalize_host, request_authority, stream_body, ProxyBody};
-use crate::ops::audit::Record;
+use crate::ops::audit::{Listener, Record};
 use crate::ops::observe::{self, CountedIn};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::inject::{self, Outcome};
@@ -135,8 +135,10 @@ pub(crate) struct Origin {
     pub upstream: Arc<Upstream>,
     /// The upstream HTTP/1.1 connection this client connection keeps.
     pub sticky: Sticky,
-    /// The client's address.
+    /// The client's address (from the PROXY protocol header, if any).
     pub client: SocketAddr,
+    /// The listener the connection arrived on.
+    pub listener: Listener,
     /// The `[[client]]` it was attributed to when the connection opened;
     /// every request is identified again against the current policy.
     pub client_id: Option<ClientId>,
@@ -156,6 +158,7 @@ impl Origin {
     pub fn new(
         upstream: Arc<Upstream>,
         client: SocketAddr,
+        listener: Listener,
         (client_id, presented): (Option<ClientId>, Presented),
         target: Target,
         misdirected_sni: Option<String>,
@@ -165,6 +168,7 @@ impl Origin {
             upstream,
             sticky,
             client,
+            listener,
             client_id,
             presented,
             closing: CancellationToken::new(),
@@ -184,6 +188,8 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let mut record = Record::new(origin.client, req.method(), &origin.target.host, req.uri());
     record.client_name = origin.client_id.as_ref().map(|c| c.name.clone());
+    record.identified_by = origin.client_id.as_ref().map(|c| c.identified_by);
+    record.listener = origin.listener;
     let resp = route_and_forward(&shared, &origin, req, &mut record).await;
     record.status = resp.status().as_u16();
     let audit = shared.audit.enabled().then(|| shared.audit.clone());

@@ -11,8 +11,8 @@ use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -20,7 +20,7 @@ use crate::config::OtherHosts;
 use crate::net::{
     full_body, normalize_host, parse_client_host, ClientHost, Parent, ProxyBody, Tunnel,
 };
-use crate::ops::audit::AuditAction;
+use crate::ops::audit::{AuditAction, Listener};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
 use crate::proxy::idle::{ActiveIo, Activity, Expired, Retirement};
@@ -40,10 +40,12 @@ fn outcome(mut resp: Response<ProxyBody>, what: AuditAction) -> Response<ProxyBo
 
 /// Answers a CONNECT and, on success, spawns the task that serves the
 /// tunnel once hyper hands over the connection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn connect(
     shared: Arc<DataPlane>,
     policy: &Policy,
     peer: SocketAddr,
+    listener: Listener,
     client: (Option<ClientId>, Presented),
     permit: ConnPermit,
     upstream: Arc<Upstream>,
@@ -72,7 +74,10 @@ pub(crate) async fn connect(
         shared.tasks.spawn(async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(up) => intercept(task_shared, peer, client, target, upstream, up).await,
+                Ok(up) => {
+                    let io = TokioIo::new(up);
+                    intercept(task_shared, peer, listener, client, target, upstream, io).await
+                }
                 Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -103,7 +108,7 @@ pub(crate) async fn connect(
     shared.tasks.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(up) => splice(up, upstream, idle).await,
+            Ok(up) => splice(TokioIo::new(up), upstream, idle).await,
             Err(e) => tracing::debug!(client = %peer, error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -180,18 +185,22 @@ fn shorten(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-async fn intercept(
+/// Terminates TLS on `io` (a CONNECT tunnel, or a transparent connection)
+/// with a leaf minted for `target` and serves the requests inside.
+pub(crate) async fn intercept<I>(
     shared: Arc<DataPlane>,
     peer: SocketAddr,
+    listener: Listener,
     client_id: (Option<ClientId>, Presented),
     target: Target,
     upstream: Arc<Upstream>,
-    upgraded: Upgraded,
-) {
+    io: I,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _open = crate::ops::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -233,6 +242,7 @@ async fn intercept(
     let origin = Arc::new(Origin::new(
         upstream,
         peer,
+        listener,
         client_id,
         target,
         misdirected_sni,
@@ -429,7 +439,12 @@ pub(crate) async fn resolve_for_egress(
     })
 }
 
-async fn splice(upgraded: Upgraded, upstream: Spliced, idle: Duration) {
+/// Copies bytes both ways between the client and `upstream` until either
+/// ends or nothing moves for `idle`.
+pub(crate) async fn splice<I>(client: I, upstream: Spliced, idle: Duration)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let _open = crate::ops::metrics::global().tunnel();
     let Spliced {
         stream: mut upstream,
@@ -437,7 +452,7 @@ async fn splice(upgraded: Upgraded, upstream: Spliced, idle: Duration) {
     } = upstream;
     let _ = upstream.set_nodelay(true);
     let activity = Activity::new();
-    let mut client = ActiveIo::new(TokioIo::new(upgraded), activity.clone());
+    let mut client = ActiveIo::new(client, activity.clone());
     if !early.is_empty() {
         use tokio::io::AsyncWriteExt;
         if let Err(e) = client.write_all(&early).await {

@@ -1,6 +1,7 @@
 //! The worker threads: each a single-threaded event loop that accepts
-//! from the shared listener and serves its connections, with upstream
-//! connections of its own, so a request never changes threads.
+//! from every configured listener (shared by all workers) and serves its
+//! connections, with upstream connections of its own, so a request never
+//! changes threads.
 
 use std::sync::Arc;
 
@@ -9,21 +10,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::tune;
+use crate::ops::audit::Listener;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::DataPlane;
 
-/// Starts `n` worker threads accepting from `listener` until `accepting`
+/// Starts `n` worker threads accepting from `listeners` until `accepting`
 /// is cancelled and serving their connections until `stop` is. Each holds
 /// a token of `acceptors` until it has stopped accepting.
 pub(crate) fn start(
     data: &Arc<DataPlane>,
-    listener: TcpListener,
+    listeners: Vec<(Listener, TcpListener)>,
     n: usize,
     accepting: &CancellationToken,
     acceptors: &TaskTracker,
     stop: &CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let listener = listener.into_std()?;
+    let listeners = listeners
+        .into_iter()
+        .map(|(kind, l)| Ok((kind, l.into_std()?)))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut threads = Vec::with_capacity(n);
     let start_one = |i: usize| -> std::io::Result<std::thread::JoinHandle<()>> {
         // Built here so that its error is returned, and owned by a guard so
@@ -34,7 +39,10 @@ pub(crate) fn start(
                 .enable_all()
                 .build()?,
         ));
-        let listener = listener.try_clone()?;
+        let listeners = listeners
+            .iter()
+            .map(|(kind, l)| Ok((*kind, l.try_clone()?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let (data, accepting, done) = (data.clone(), accepting.clone(), stop.clone());
         let acceptor = acceptors.token();
         // Each worker has its own forwarding connections, so that a
@@ -53,18 +61,15 @@ pub(crate) fn start(
                             idle.prune();
                         }
                     });
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => {
-                            crate::proxy::listener::accept_loop(
-                                &data,
-                                l,
-                                upstream,
-                                accepting.cancelled(),
-                            )
-                            .await
+                    let mut bound = Vec::with_capacity(listeners.len());
+                    for (kind, l) in listeners {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => bound.push((kind, l)),
+                            Err(e) => tracing::error!(error = %e, listener = kind.as_str(), "worker cannot listen"),
                         }
-                        Err(e) => tracing::error!(error = %e, "worker cannot listen"),
                     }
+                    crate::proxy::accept::accept_loop(&data, bound, upstream, accepting.cancelled())
+                        .await;
                     drop(acceptor);
                     // Connections accepted here are served by this loop
                     // until the drain is over.

@@ -164,6 +164,7 @@ fn owners_are_clients_or_remote_addresses() {
     let id = ClientId {
         index: 0,
         name: "ci".into(),
+        identified_by: crate::ops::audit::IdentifiedBy::Cidr,
     };
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert_eq!(
