@@ -13,6 +13,7 @@ mod metadata;
 mod oauth;
 mod pubsub;
 mod serve;
+mod sign;
 mod state;
 mod storage;
 
@@ -35,11 +36,12 @@ use state::{key_id, State, FIXTURE_KEY_PEM};
 
 /// The hosts the TLS listener answers for (its certificate also covers
 /// `*.googleapis.com`).
-pub const HOSTS: [&str; 4] = [
+pub const HOSTS: [&str; 5] = [
     "oauth2.googleapis.com",
     "iamcredentials.googleapis.com",
     "storage.googleapis.com",
     "pubsub.googleapis.com",
+    "www.googleapis.com",
 ];
 
 /// The emulator could not start.

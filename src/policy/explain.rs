@@ -258,6 +258,18 @@ pub fn explain(
             d.message = Some(denied(&spec.name, &method, &host, &path));
         }
         ActionSpec::Passthrough => {}
+        ActionSpec::SignAs {
+            account, delegates, ..
+        } => {
+            d.slot = Some(TokenSlot {
+                kind: "sign_as",
+                target: account.clone(),
+                delegates: delegates.clone(),
+                scopes: Vec::new(),
+                lifetime: None,
+                audience: None,
+            });
+        }
         ActionSpec::Inject { request, .. } => {
             if scheme == Scheme::HTTP {
                 d.status = Some(400);
@@ -273,6 +285,8 @@ pub fn explain(
                 TokenKind::Id { audience } => {
                     ("id_token", Vec::new(), None, Some(audience.clone()))
                 }
+                TokenKind::Delegated { scopes, .. } => ("subject", scopes.clone(), None, None),
+                _ => ("source", Vec::new(), None, None),
             };
             d.slot = Some(TokenSlot {
                 kind,
