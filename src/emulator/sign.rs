@@ -399,12 +399,12 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
         ));
     }
     query.retain(|(k, _)| k != "X-Goog-Signature");
-    let mut encoded: Vec<(String, String)> = query
+    // Sorted as the client libraries sort it: by the encoded `name=value`.
+    let mut canonical_query: Vec<String> = query
         .iter()
-        .map(|(k, v)| (uri_encode(k), uri_encode(v)))
+        .map(|(k, v)| format!("{}={}", uri_encode(k), uri_encode(v)))
         .collect();
-    encoded.sort();
-    let canonical_query: Vec<String> = encoded.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    canonical_query.sort();
     let mut canonical_headers = String::new();
     for name in signed_headers.split(';') {
         let value = if name == "host" {

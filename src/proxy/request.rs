@@ -474,22 +474,23 @@ async fn sign_body(
     let read = http_body_util::Limited::new(body, MAX_SIGN_BODY)
         .collect()
         .await;
-    let bytes =
-        match read {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(reply::error(
+    let bytes = match read {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(reply::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
                     "route \"{route}\": a {method} request body is at most {MAX_SIGN_BODY} bytes"
                 ),
-            )),
-            Err(e) => {
-                return Err(reply::error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("route \"{route}\": reading the {method} request body: {e}"),
-                ))
-            }
-        };
+            ))
+        }
+        Err(e) => {
+            return Err(reply::error(
+                StatusCode::BAD_REQUEST,
+                &format!("route \"{route}\": reading the {method} request body: {e}"),
+            ))
+        }
+    };
     count.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let rewritten = s
         .rewrite(route, method, &bytes)
