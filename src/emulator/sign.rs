@@ -336,7 +336,7 @@ fn parse_goog_date(s: &str) -> Option<SystemTime> {
 /// (method, path, sorted query without the signature, the signed headers,
 /// `UNSIGNED-PAYLOAD`), hashed into the string to sign, checked against
 /// the signer's key.
-fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String, Reply> {
+fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String, Box<Reply>> {
     let raw = parts.uri.query().unwrap_or_default();
     let mut query: Vec<(String, String)> = raw
         .split('&')
@@ -353,12 +353,12 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
             .map(|(_, v)| v.clone())
     };
     let missing = |what: &str| {
-        xml_error(
+        Box::new(xml_error(
             StatusCode::BAD_REQUEST,
             "AuthorizationQueryParametersError",
             &format!("Query-string authentication version 4 requires the X-Goog-Algorithm, X-Goog-Credential, X-Goog-Date, X-Goog-Expires and X-Goog-SignedHeaders parameters; {what} is missing or malformed."),
             "",
-        )
+        ))
     };
     if get("X-Goog-Algorithm").as_deref() != Some("GOOG4-RSA-SHA256") {
         return Err(missing("X-Goog-Algorithm"));
@@ -383,20 +383,20 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
     }
     let now = SystemTime::now();
     if issued > now + Duration::from_secs(60) {
-        return Err(xml_error(
+        return Err(Box::new(xml_error(
             StatusCode::BAD_REQUEST,
             "ExpiredToken",
             "Invalid argument.",
             "<Details>Request is not yet valid.</Details>",
-        ));
+        )));
     }
     if issued + Duration::from_secs(expires) < now {
-        return Err(xml_error(
+        return Err(Box::new(xml_error(
             StatusCode::BAD_REQUEST,
             "ExpiredToken",
             "Invalid argument.",
             "<Details>Request has expired</Details>",
-        ));
+        )));
     }
     query.retain(|(k, _)| k != "X-Goog-Signature");
     // Sorted as the client libraries sort it: by the encoded `name=value`.
@@ -443,7 +443,7 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
     UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key.public_der())
         .verify(string_to_sign.as_bytes(), &signature)
         .map_err(|_| {
-            xml_error(
+            Box::new(xml_error(
                 StatusCode::FORBIDDEN,
                 "SignatureDoesNotMatch",
                 "Access denied.",
@@ -452,7 +452,7 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
                     xml_escape(&string_to_sign),
                     xml_escape(&canonical_request)
                 ),
-            )
+            ))
         })?;
     Ok(signer.to_owned())
 }
@@ -470,7 +470,7 @@ pub(crate) fn signed_url(state: &State, host: &str, parts: &Parts, body: Bytes) 
         Ok(s) => s,
         Err(reply) => {
             state.count("storage.signed_url", "");
-            return reply;
+            return *reply;
         }
     };
     state.count("storage.signed_url", &signer);
