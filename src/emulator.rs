@@ -11,6 +11,7 @@
 mod cert;
 mod crc32c;
 mod iam;
+mod keys;
 mod metadata;
 mod oauth;
 mod pubsub;

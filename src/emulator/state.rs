@@ -75,7 +75,7 @@ pub(crate) struct Inner {
 pub(crate) struct State {
     pub(crate) key: SigningKey,
     /// Each account's Google-managed key (`signBlob`, `signJwt`).
-    pub(crate) sign_keys: super::sign::Keys,
+    pub(crate) sign_keys: super::keys::Keys,
     pub(crate) public_key: Vec<u8>,
     pub(crate) metadata_account: String,
     inner: Mutex<Inner>,
@@ -90,7 +90,7 @@ impl State {
         Ok(State {
             public_key: key.public_key_der(),
             key,
-            sign_keys: super::sign::Keys::load()?,
+            sign_keys: super::keys::Keys::load()?,
             metadata_account,
             inner: Mutex::new(Inner {
                 token_creators: HashSet::new(),
