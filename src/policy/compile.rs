@@ -423,10 +423,15 @@ fn sign_as_rule(
             "a sign_as route matches only POST …/serviceAccounts/{its account}:signBlob and :signJwt; remove path_prefix and methods",
         ));
     }
-    if !r.scopes.is_empty() || r.lifetime.is_some() || r.quota_project.is_some() || r.warm {
+    if !r.scopes.is_empty()
+        || r.lifetime.is_some()
+        || r.quota_project.is_some()
+        || r.warm
+        || r.authorization != crate::config::AuthorizationPolicy::Replace
+    {
         return Err(ConfigError::invalid(
             key("sign_as"),
-            "scopes, lifetime, quota_project and warm do not apply to a sign_as route (it sends the source credential); remove them",
+            "scopes, lifetime, quota_project, warm and authorization do not apply to a sign_as route (it always sends the source credential); remove them",
         ));
     }
     if !r.enforce {
@@ -521,6 +526,73 @@ mod tests {
         assert!(err.to_string().contains("route[0].enforce"), "{err}");
         let c = compile(&format!("{route}action = \"deny\"\n")).unwrap();
         assert!(!c.rules[0].enforce);
+    }
+
+    #[test]
+    fn signing_delegation_and_time_box_keys_are_checked_with_key_names() {
+        let sa = "a@p.iam.gserviceaccount.com";
+        let iam = "hosts = [\"iamcredentials.googleapis.com\"]";
+        let route = |body: &str| format!("[[route]]\nname = \"r\"\n{body}\n");
+        let err = |body: &str| compile(&route(body)).unwrap_err().to_string();
+        let ok = |body: &str| compile(&route(body)).unwrap();
+
+        let c = ok(&format!(
+            "{iam}\nsign_as = \"{sa}\"\ndelegates = [\"m@p.iam.gserviceaccount.com\"]"
+        ));
+        assert_eq!(c.rules[0].methods, [Method::POST]);
+        assert!(matches!(&c.rules[0].action, ActionSpec::SignAs { account, .. } if account == sa));
+        let e = err(&format!(
+            "hosts = [\"*.googleapis.com\"]\nsign_as = \"{sa}\""
+        ));
+        assert!(
+            e.contains("route[0].hosts[0]") && e.contains("iamcredentials"),
+            "{e}"
+        );
+        let e = err(&format!("{iam}\nsign_as = \"{sa}\"\npath_prefix = \"/v1\""));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!(
+            "{iam}\nsign_as = \"{sa}\"\nauthorization = \"keep\""
+        ));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!("{iam}\nsign_as = \"nobody\""));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!(
+            "{iam}\nsign_as = \"{sa}\"\nimpersonate = \"{sa}\""
+        ));
+        assert!(e.contains("route[0].action"), "{e}");
+        let e = err(&format!(
+            "{iam}\nimpersonate = \"{sa}\"\nallow_token_assertions = true"
+        ));
+        assert!(e.contains("route[0].allow_token_assertions"), "{e}");
+
+        let gcs = "hosts = [\"storage.googleapis.com\"]";
+        let c = ok(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nsubject = \"admin@example.com\""
+        ));
+        let ActionSpec::Inject { request, .. } = &c.rules[0].action else {
+            panic!("an inject route")
+        };
+        assert!(
+            matches!(request.kind(), crate::google::TokenKind::Delegated { subject, .. } if subject == "admin@example.com")
+        );
+        let e = err(&format!(
+            "{gcs}\naction = \"passthrough\"\nsubject = \"admin@example.com\""
+        ));
+        assert!(e.contains("route[0].subject"), "{e}");
+        let e = err(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nsubject = \"admin@example.com\"\nlifetime = \"600s\""
+        ));
+        assert!(e.contains("route[0].lifetime"), "{e}");
+
+        let c = ok(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nlifetime = \"20s\"\nrefresh = false"
+        ));
+        let ActionSpec::Inject { request, .. } = &c.rules[0].action else {
+            panic!("an inject route")
+        };
+        assert!(!request.refreshes());
+        let e = err("hosts = [\"a.run.app\"]\nid_token = { audience = \"x\", impersonate = \"a@p.iam.gserviceaccount.com\" }\nrefresh = false");
+        assert!(e.contains("route[0].refresh"), "{e}");
     }
 
     #[test]
