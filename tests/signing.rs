@@ -689,3 +689,79 @@ async fn the_token_command_signs_blobs_and_jwts_and_mints_delegated_tokens() {
     .await;
     assert_eq!(code, Some(2), "{err}");
 }
+
+// --- Zero config ---------------------------------------------------------
+
+#[test]
+fn run_impersonate_adds_the_sign_as_route_ahead_of_the_catch_all() {
+    netns::isolated(
+        "run_impersonate_adds_the_sign_as_route_ahead_of_the_catch_all",
+        || {
+            matrix::runtime().block_on(async {
+                // ADC is a key whose token endpoint cannot be reached here
+                // (no network): every credential fails, and the 503 names
+                // the route that answered.
+                let (emu, key, dir) = emulator_with_key("zero-config").await;
+                drop(emu);
+                impersonate_proxy::ca::init(&dir.join("certs"), false).unwrap();
+                let mut child =
+                    tokio::process::Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+                        .args(["run", "--impersonate", READER, "--listen", "127.0.0.1:0"])
+                        .current_dir(&*dir)
+                        .env_clear()
+                        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                        .env("HOME", &*dir)
+                        .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+                        .env("RUST_LOG", "error")
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .unwrap();
+                let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+                    child.stdout.take().unwrap(),
+                ));
+                let addr: std::net::SocketAddr = loop {
+                    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                        .await
+                        .expect("run prints its export block")
+                        .unwrap()
+                        .expect("run prints GCE_METADATA_HOST");
+                    if let Some(a) = line.strip_prefix("export GCE_METADATA_HOST=") {
+                        break a.parse().unwrap();
+                    }
+                };
+                let proxy = proxy::TestProxy {
+                    addr,
+                    admin: None,
+                    ca_pem: dir.join("certs/ca.pem"),
+                    _dir: support::tempdir("zero-config-client"),
+                    shutdown: None,
+                    done: None,
+                };
+                let (status, v) = iam_call(
+                    &proxy,
+                    READER,
+                    "signBlob",
+                    serde_json::json!({"payload": "aGk="}),
+                )
+                .await;
+                assert_eq!(status, 503, "{v}");
+                let m = v["error"]["message"].as_str().unwrap();
+                assert!(m.starts_with("route \"sign-as\": no token"), "{m}");
+                // Everything else is still the catch-all's.
+                let (status, v) = iam_call(
+                    &proxy,
+                    READER,
+                    "generateIdToken",
+                    serde_json::json!({"audience": "x"}),
+                )
+                .await;
+                assert_eq!(status, 503, "{v}");
+                let m = v["error"]["message"].as_str().unwrap();
+                assert!(m.starts_with("route \"impersonate\": no token"), "{m}");
+                let _ = child.start_kill();
+            })
+        },
+    );
+}
