@@ -248,8 +248,8 @@ sign_as = "{SIGNER}"
 allow_token_assertions = true
 
 [[route]]
-name = "token-endpoint"
-hosts = ["oauth2.googleapis.com"]
+name = "token-endpoint-and-certs"
+hosts = ["oauth2.googleapis.com", "www.googleapis.com"]
 action = "passthrough"
 "#
     );
@@ -329,6 +329,41 @@ action = "passthrough"
         .unwrap()
         .to_owned();
     assert_eq!(w.emu.principal_of(&token).as_deref(), Some(SIGNER));
+
+    // Google publishes the key's certificate: the JWT verifies with it.
+    let mut c = client(&w.proxy, "www.googleapis.com", false).await;
+    let resp = c
+        .send(client::get(
+            "www.googleapis.com",
+            &format!("/service_accounts/v1/metadata/x509/{SIGNER}"),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let certs = json(&body_string(resp).await);
+    let kid = verify_rs256(jwt, &w.emu.signing_key(SIGNER).1)
+        .unwrap()
+        .header["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pem = certs[&kid]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {kid} in {certs}"));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let public = cert.public_key().subject_public_key.data.to_vec();
+    verify_rs256(jwt, &public).expect("the JWT verifies with the published certificate");
+    assert!(verify_rs256(jwt, &w.emu.signing_key(READER).1).is_err());
+    let resp = c
+        .send(client::get(
+            "www.googleapis.com",
+            &format!("/service_accounts/v1/jwk/{SIGNER}"),
+        ))
+        .await;
+    assert_eq!(
+        json(&body_string(resp).await)["keys"][0]["kid"],
+        kid.as_str()
+    );
 }
 
 #[tokio::test]
