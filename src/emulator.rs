@@ -294,6 +294,16 @@ impl Emulator {
             .insert((caller.to_owned(), target.to_owned()));
     }
 
+    /// Lets `email` act for Workspace users (domain-wide delegation, as an
+    /// admin allows a client ID): the token endpoint then honours `sub` in
+    /// its assertions; otherwise it answers `unauthorized_client`.
+    pub fn allow_domain_wide_delegation(&self, email: &str) {
+        self.state
+            .lock()
+            .domain_wide_delegation
+            .insert(email.to_owned());
+    }
+
     /// Removes a grant made with [`Emulator::grant_token_creator`].
     pub fn revoke_token_creator(&self, caller: &str, target: &str) {
         self.state

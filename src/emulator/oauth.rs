@@ -117,9 +117,15 @@ fn jwt_bearer(state: &State, assertion: &str) -> Reply {
             "Invalid OAuth scope or ID token audience provided.",
         );
     }
-    // Domain-wide delegation: the token acts for the user in `sub`.
+    // Domain-wide delegation: the token acts for the user in `sub`, if a
+    // Workspace admin allowed the account.
     let principal = match decoded.claim_str("sub") {
-        Some(user) if !user.is_empty() && user != iss => format!("{user} via {iss}"),
+        Some(user) if !user.is_empty() && user != iss => {
+            if !state.lock().domain_wide_delegation.contains(&iss) {
+                return oauth_error("unauthorized_client", "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.");
+            }
+            format!("{user} via {iss}")
+        }
         _ => iss,
     };
     grant(state, &principal, MAX_LIFETIME)
