@@ -825,3 +825,43 @@ fn run_impersonate_adds_the_sign_as_route_ahead_of_the_catch_all() {
         },
     );
 }
+
+#[test]
+fn explain_names_the_account_a_sign_as_route_signs_for() {
+    let dir = support::tempdir("sign-explain");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nname = \"sign-as-reader\"\nhosts = [\"{IAM}\"]\nsign_as = \"{READER}\"\n"
+        ),
+    )
+    .unwrap();
+    let explain = |account: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+            .arg("explain")
+            .arg("--config")
+            .arg(&config)
+            .arg("POST")
+            .arg(format!(
+                "https://{IAM}/v1/projects/-/serviceAccounts/{account}:signBlob"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = explain(READER);
+    assert!(
+        out.contains("WINNER sign-as-reader")
+            && out.contains(&format!("signBlob for {READER}"))
+            && out.contains("action     sign_as"),
+        "{out}"
+    );
+    let out = explain(SIGNER);
+    assert!(
+        out.contains("no     sign-as-reader")
+            && out.contains("a sign_as route matches only POST")
+            && out.contains("result     403"),
+        "{out}"
+    );
+}

@@ -416,6 +416,16 @@ fn candidate(
         }
         None => why.push("any path".into()),
     }
+    if let ActionSpec::SignAs { account, .. } = &r.action {
+        match crate::policy::sign::sign_method(path, account) {
+            Some(m) => why.push(format!("{m} for {account}")),
+            None => {
+                return no(format!(
+                    "a sign_as route matches only POST …/serviceAccounts/{account}:signBlob or :signJwt"
+                ))
+            }
+        }
+    }
     if r.methods.is_empty() {
         why.push("any method".into());
     } else if r.methods.contains(method) {
