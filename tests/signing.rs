@@ -605,6 +605,47 @@ fn python_storage_signed_url_through_the_metadata_endpoint_is_fetched_by_plain_c
     );
 }
 
+#[test]
+fn node_storage_signed_url_through_the_metadata_endpoint_is_fetched_by_plain_curl() {
+    use matrix::*;
+    if !require_runtime("node", "@google-cloud/storage") || !require_runtime("curl", "curl") {
+        return;
+    }
+    netns::isolated(
+        "node_storage_signed_url_through_the_metadata_endpoint_is_fetched_by_plain_curl",
+        || {
+            let dir = clients_dir().join("node");
+            require_installed(&dir.join("node_modules/@google-cloud/storage"));
+            let script = dir.join("signed_url.js").display().to_string();
+            runtime().block_on(async {
+                let routes = format!(
+                    "[[route]]\nname = \"sign-as\"\nhosts = [\"{IAM}\"]\nsign_as = \"{TARGET}\"\n"
+                );
+                let w = World::start_with_routes("node-signed-url", &routes).await;
+                w.emu
+                    .put_object("signed-bucket", "node.txt", "node hello\n");
+                let v = w
+                    .run_client(
+                        std::path::Path::new("node"),
+                        &[&script, "signed-bucket", "node.txt"],
+                    )
+                    .await
+                    .json();
+                let url = v["url"].as_str().unwrap().to_owned();
+                assert!(
+                    url.starts_with("https://storage.googleapis.com/signed-bucket/node.txt?"),
+                    "{url}"
+                );
+                assert_eq!(w.emu.counters().get("signBlob", TARGET), 1);
+                assert_eq!(
+                    curl_without_proxy(&w.emu, vec![url]).await,
+                    ("200".to_owned(), "node hello\n".to_owned())
+                );
+            })
+        },
+    );
+}
+
 /// `curl ARGS` with no proxy and no token: `storage.googleapis.com`
 /// reaches the emulator (`--connect-to`), trusted by its CA. Returns the
 /// status and the body.
