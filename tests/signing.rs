@@ -768,6 +768,30 @@ async fn the_token_command_signs_blobs_and_jwts_and_mints_delegated_tokens() {
         Some(format!("{ADMIN} via {SIGNER}").as_str())
     );
 
+    // check --live mints a subject route's token the same way.
+    let live = dir.join("live.toml");
+    std::fs::write(
+        &live,
+        format!(
+            "{}\n[[route]]\nname = \"workspace-admin\"\nhosts = [\"admin.googleapis.com\"]\nimpersonate = \"{SIGNER}\"\ndelegates = [\"{MID}\"]\nsubject = \"{ADMIN}\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+        .args(["check", "--live", "--config"])
+        .arg(&live)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("access(subject {ADMIN})")) && text.contains("ok, expires in"),
+        "{text}"
+    );
+
     // IAM's refusal: exit 1 with its message; a missing file: exit 2.
     let (code, _, err) = run(vec![
         "--impersonate".into(),
