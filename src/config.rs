@@ -221,12 +221,31 @@ pub struct RouteConfig {
     /// Requested token lifetime, e.g. `"3600s"`.
     #[serde(default)]
     pub lifetime: Option<String>,
+    /// `false`: a time box. The token is minted once and never refreshed;
+    /// after it expires the route answers 503 until a reload.
+    #[serde(default = "yes")]
+    pub refresh: bool,
+    /// Keyless domain-wide delegation: the Workspace user the
+    /// `impersonate` account's token acts for (`sub`).
+    #[serde(default)]
+    pub subject: Option<String>,
     /// Sets `x-goog-user-project` (quota and billing project).
     #[serde(default)]
     pub quota_project: Option<String>,
     /// An ID token instead of an access token.
     #[serde(default)]
     pub id_token: Option<IdTokenConfig>,
+    /// `signBlob` / `signJwt` as this account: matches only
+    /// `POST …/serviceAccounts/{this account}:signBlob|:signJwt` on IAM
+    /// Credentials, which goes out with the source credential and the
+    /// route's `delegates` in the body.
+    #[serde(default)]
+    pub sign_as: Option<String>,
+    /// A `sign_as` route also signs token-endpoint assertions (a JWT whose
+    /// `aud` is Google's token endpoint); off by default, since such a
+    /// signature lets the client mint its own access tokens.
+    #[serde(default)]
+    pub allow_token_assertions: bool,
     /// `"deny"` or `"passthrough"` instead of a credential.
     #[serde(default)]
     pub action: Option<RouteActionConfig>,

@@ -4,6 +4,8 @@
 //! TLS, HTTP/1.1 and HTTP/2), prints what each hop saw, then keeps serving
 //! until Ctrl-C so the user can try `curl` by hand.
 
+mod signed_url;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,7 +115,7 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
         println!("  warnings and logs      {}", log.display());
     }
     println!("  source identity        {CALLER} (a service-account key)");
-    println!("  IAM Token Creator      {CALLER} → {READER}");
+    println!("  IAM Token Creator      {CALLER} → {READER} (also signBlob: signed URLs)");
     println!("                         {CALLER} → {HOP} → {WRITER}");
     println!("                         nobody → {STRANGER}");
     println!();
@@ -172,6 +174,36 @@ pub async fn run(opts: DemoOptions, stop: impl Future<Output = ()>) -> Result<()
             }
         }
     }
+    // A signed URL: signBlob through the sign_as route, then a GET with
+    // no proxy and no token.
+    let signed =
+        signed_url::sign_and_fetch(addr, &tls, &emu, READER, "/demo-bucket/hello.txt").await;
+    let (status, seen, detail) = match signed {
+        Ok(f) if f.status.is_success() => {
+            let signer = emu
+                .data_calls()
+                .last()
+                .map_or_else(|| "—".to_owned(), |c| c.principal.clone());
+            (
+                f.status,
+                format!("{signer} (URL)"),
+                format!("{} → {:?}", f.url, f.body),
+            )
+        }
+        Ok(f) => (f.status, "—".to_owned(), f.body),
+        Err(e) => (StatusCode::BAD_GATEWAY, "—".to_owned(), e),
+    };
+    println!(
+        "{:<2} {:<8} {:<38} {:<14} {:<48} {:<7} {}",
+        steps.len() + 1,
+        "HTTP/1.1",
+        "signBlob, then GET the URL, no proxy",
+        "sign-as",
+        seen,
+        "none",
+        status.as_u16()
+    );
+    println!("   └ {detail}");
     println!();
     println!(
         "Audit records (one JSON line per request, never a token): {}",
@@ -273,6 +305,11 @@ impersonate = "{STRANGER}"
 quota_project = "{PROJECT}"
 
 [[route]]
+name = "sign-as"
+hosts = ["iamcredentials.googleapis.com"]
+sign_as = "{READER}"
+
+[[route]]
 name = "everything-else"
 hosts = ["*.googleapis.com"]
 impersonate = "{READER}"
@@ -293,8 +330,8 @@ fn client_tls(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
-/// One request through the proxy as a client library sends it: CONNECT,
-/// TLS with the proxy's CA, then HTTP/1.1 or HTTP/2.
+/// One request to Storage through the proxy as a client library sends
+/// it: CONNECT, TLS with the proxy's CA, then HTTP/1.1 or HTTP/2.
 async fn send(
     proxy: SocketAddr,
     tls: &Arc<rustls::ClientConfig>,
@@ -302,8 +339,21 @@ async fn send(
     method: &str,
     path: &str,
 ) -> Result<(StatusCode, serde_json::Value), String> {
+    send_to(proxy, tls, HOST, h2, method, path, Bytes::new()).await
+}
+
+/// [`send`] to any host, with a JSON body.
+async fn send_to(
+    proxy: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    h2: bool,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, serde_json::Value), String> {
     let mut s = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n").as_bytes())
+    s.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let mut head = Vec::new();
@@ -326,7 +376,8 @@ async fn send(
     } else {
         b"http/1.1".to_vec()
     }];
-    let name = rustls_pki_types::ServerName::try_from(HOST).map_err(|e| e.to_string())?;
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, s)
         .await
@@ -334,15 +385,16 @@ async fn send(
     let io = TokioIo::new(stream);
     let req = Request::builder()
         .method(method)
-        .header("user-agent", "impersonate-proxy-demo");
+        .header("user-agent", "impersonate-proxy-demo")
+        .header("content-type", "application/json");
     let resp = if h2 {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = req
-            .uri(format!("https://{HOST}{path}"))
-            .body(Empty::<Bytes>::new())
+            .uri(format!("https://{host}{path}"))
+            .body(Full::new(body.clone()))
             .map_err(|e| e.to_string())?;
         send.send_request(req).await.map_err(|e| e.to_string())?
     } else {
@@ -352,8 +404,8 @@ async fn send(
         tokio::spawn(conn);
         let req = req
             .uri(path)
-            .header("host", HOST)
-            .body(Empty::<Bytes>::new())
+            .header("host", host)
+            .body(Full::new(body.clone()))
             .map_err(|e| e.to_string())?;
         send.send_request(req).await.map_err(|e| e.to_string())?
     };

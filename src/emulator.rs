@@ -1,7 +1,9 @@
 //! A local stand-in for the Google endpoints the proxy talks to — the OAuth
-//! token endpoint, IAM Credentials, a small Cloud Storage API (JSON, media
-//! download, the three upload protocols), Pub/Sub's gRPC `Publish`, and the
-//! metadata server — speaking their wire formats over real TCP and TLS.
+//! token endpoint, IAM Credentials (tokens, `signBlob`, `signJwt`), the
+//! public certificates of service account keys, a small Cloud Storage API
+//! (JSON, media download, the three upload protocols, V4 signed URLs),
+//! Pub/Sub's gRPC `Publish`, and the metadata server — speaking their wire
+//! formats over real TCP and TLS.
 //! The offline `demo` command and the tests point the proxy at it with
 //! [`Emulator::upstream_config`], exactly as a user would configure
 //! `[upstream]`.
@@ -9,10 +11,12 @@
 mod cert;
 mod crc32c;
 mod iam;
+mod keys;
 mod metadata;
 mod oauth;
 mod pubsub;
 mod serve;
+mod sign;
 mod state;
 mod storage;
 
@@ -35,11 +39,12 @@ use state::{key_id, State, FIXTURE_KEY_PEM};
 
 /// The hosts the TLS listener answers for (its certificate also covers
 /// `*.googleapis.com`).
-pub const HOSTS: [&str; 4] = [
+pub const HOSTS: [&str; 5] = [
     "oauth2.googleapis.com",
     "iamcredentials.googleapis.com",
     "storage.googleapis.com",
     "pubsub.googleapis.com",
+    "www.googleapis.com",
 ];
 
 /// The emulator could not start.
@@ -82,8 +87,10 @@ impl Default for EmulatorOptions {
 }
 
 /// Calls the emulator received, by endpoint and principal. Endpoints:
-/// `token`, `generateAccessToken`, `generateIdToken` (by target), `storage`
-/// and `pubsub` (by caller), `metadata.token`, `metadata.identity`.
+/// `token`, `generateAccessToken`, `generateIdToken`, `signBlob`,
+/// `signJwt` (by target), `storage` and `pubsub` (by caller),
+/// `storage.signed_url` (by signer), `metadata.token`,
+/// `metadata.identity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters(BTreeMap<(String, String), u64>);
 
@@ -124,8 +131,9 @@ pub struct DataCall {
     /// The HTTP version the call arrived over: `HTTP/1.1` or `HTTP/2`
     /// (gRPC is always `HTTP/2`).
     pub http_version: &'static str,
-    /// For an upload, its protocol: `media`, `multipart` or `resumable`
-    /// (the call that completed it); empty otherwise.
+    /// For an upload, its protocol: `media`, `multipart`, `resumable`
+    /// (the call that completed it) or `signed_url` (a PUT on a V4 signed
+    /// URL); empty otherwise.
     pub upload_type: &'static str,
 }
 
@@ -286,12 +294,30 @@ impl Emulator {
             .insert((caller.to_owned(), target.to_owned()));
     }
 
+    /// Lets `email` act for Workspace users (domain-wide delegation, as an
+    /// admin allows a client ID): the token endpoint then honours `sub` in
+    /// its assertions; otherwise it answers `unauthorized_client`.
+    pub fn allow_domain_wide_delegation(&self, email: &str) {
+        self.state
+            .lock()
+            .domain_wide_delegation
+            .insert(email.to_owned());
+    }
+
     /// Removes a grant made with [`Emulator::grant_token_creator`].
     pub fn revoke_token_creator(&self, caller: &str, target: &str) {
         self.state
             .lock()
             .token_creators
             .remove(&(caller.to_owned(), target.to_owned()));
+    }
+
+    /// The Google-managed key `email` signs with (`signBlob`, `signJwt`):
+    /// its id and its public key (DER `RSAPublicKey`), to check a
+    /// signature with.
+    pub fn signing_key(&self, email: &str) -> (String, Vec<u8>) {
+        let key = self.state.sign_keys.of(email);
+        (key.kid.clone(), key.public_der().to_vec())
     }
 
     /// A snapshot of the call counters.

@@ -8,6 +8,7 @@ mod error;
 pub(crate) mod iam;
 pub mod jwt;
 pub mod preflight;
+pub mod sign;
 pub mod slot;
 pub mod source;
 mod token;
@@ -103,7 +104,35 @@ impl Minter {
     /// Mints a token for `req` with the source credential.
     pub async fn mint_token(&self, req: &TokenRequest) -> Result<Token, CredentialError> {
         let bearer = self.source.token(&self.http).await?;
-        iam::generate(&self.http, &bearer, req).await
+        match req.kind() {
+            TokenKind::Source => Ok(bearer),
+            TokenKind::Delegated { .. } => sign::delegated(&self.http, &bearer, req).await,
+            _ => iam::generate(&self.http, &bearer, req).await,
+        }
+    }
+
+    /// `signBlob` as `target` through `delegates` with the source
+    /// credential.
+    pub async fn sign_blob(
+        &self,
+        target: &str,
+        delegates: &[String],
+        blob: &[u8],
+    ) -> Result<sign::Signed, CredentialError> {
+        let bearer = self.source.token(&self.http).await?;
+        sign::sign_blob(&self.http, &bearer, target, delegates, blob).await
+    }
+
+    /// `signJwt` as `target` through `delegates` with the source
+    /// credential.
+    pub async fn sign_jwt(
+        &self,
+        target: &str,
+        delegates: &[String],
+        claims: &serde_json::Value,
+    ) -> Result<sign::Signed, CredentialError> {
+        let bearer = self.source.token(&self.http).await?;
+        sign::sign_jwt(&self.http, &bearer, target, delegates, claims).await
     }
 }
 

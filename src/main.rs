@@ -75,6 +75,18 @@ enum Command {
         /// Print an ID token for this audience instead.
         #[arg(long, value_name = "AUDIENCE")]
         id_token: Option<String>,
+        /// Sign this file's bytes with the account's Google-managed key
+        /// (IAM signBlob); prints keyId and the base64 signature.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["id_token", "sign_jwt", "subject"])]
+        sign_blob: Option<PathBuf>,
+        /// Sign this JSON claims set as a JWT (IAM signJwt); prints the
+        /// signed JWT.
+        #[arg(long, value_name = "CLAIMS.json", conflicts_with_all = ["id_token", "subject"])]
+        sign_jwt: Option<PathBuf>,
+        /// Print an access token acting for this Workspace user (keyless
+        /// domain-wide delegation: signJwt, then the JWT-bearer grant).
+        #[arg(long, value_name = "USER", conflicts_with = "id_token")]
+        subject: Option<String>,
         /// Use [source] and [upstream] from this config (default: ADC).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -196,15 +208,27 @@ fn main() -> ExitCode {
             scopes,
             lifetime,
             id_token,
+            sign_blob,
+            sign_jwt,
+            subject,
             config,
-        } => token(
-            &impersonate,
-            &delegates,
-            &scopes,
-            &lifetime,
-            id_token.as_deref(),
-            config.as_deref(),
-        ),
+        } => {
+            let mode = match (id_token, sign_blob, sign_jwt, subject) {
+                (Some(aud), ..) => TokenMode::IdToken(aud),
+                (_, Some(file), ..) => TokenMode::SignBlob(file),
+                (_, _, Some(file), _) => TokenMode::SignJwt(file),
+                (.., Some(user)) => TokenMode::Subject(user),
+                _ => TokenMode::Access,
+            };
+            token(
+                &impersonate,
+                &delegates,
+                &scopes,
+                &lifetime,
+                mode,
+                config.as_deref(),
+            )
+        }
     }
 }
 
@@ -559,27 +583,42 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
     use impersonate_proxy::config::RouteConfig;
     let mut cfg = Config::default();
     cfg.proxy.listen = listen;
-    cfg.routes.push(RouteConfig {
-        name: "impersonate".into(),
-        hosts: vec!["*.googleapis.com".into()],
+    let route = |name: &str, hosts: &str| RouteConfig {
+        name: name.into(),
+        hosts: vec![hosts.into()],
         path_prefix: None,
         methods: vec![],
         clients: vec![],
-        impersonate: Some(sa),
+        impersonate: None,
         delegates: vec![],
         scopes: vec![],
         lifetime: None,
+        refresh: true,
+        subject: None,
         quota_project: None,
         id_token: None,
+        sign_as: None,
+        allow_token_assertions: false,
         action: None,
         authorization: Default::default(),
-        warm: true,
+        warm: false,
         enforce: true,
+    };
+    // Signed URLs: google-cloud-storage on metadata credentials signs
+    // through IAM signBlob as the account the metadata server names.
+    cfg.routes.push(RouteConfig {
+        sign_as: Some(sa.clone()),
+        ..route("sign-as", "iamcredentials.googleapis.com")
+    });
+    cfg.routes.push(RouteConfig {
+        impersonate: Some(sa.clone()),
+        warm: true,
+        ..route("impersonate", "*.googleapis.com")
     });
     // ADC clients (gcloud, client libraries, Terraform) get a placeholder
     // from GCE_METADATA_HOST that the route above replaces.
     cfg.metadata.enabled = true;
-    cfg.metadata.service_account = cfg.routes[0].impersonate.clone();
+    cfg.metadata.service_account = Some(sa);
     cfg
 }
 
@@ -677,12 +716,21 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
     }
 }
 
+/// What `token` prints.
+enum TokenMode {
+    Access,
+    IdToken(String),
+    SignBlob(PathBuf),
+    SignJwt(PathBuf),
+    Subject(String),
+}
+
 fn token(
     sa: &str,
     delegates: &[String],
     scopes: &[String],
     lifetime: &str,
-    id_token: Option<&str>,
+    mode: TokenMode,
     config: Option<&Path>,
 ) -> ExitCode {
     use impersonate_proxy::google::{mint_once, TokenRequest};
@@ -693,9 +741,36 @@ fn token(
         },
         None => Config::default(),
     };
-    let request = match id_token {
-        Some(aud) => TokenRequest::id_token(sa, delegates, aud),
-        None => match impersonate_proxy::config::parse_duration(lifetime) {
+    let request = match mode {
+        TokenMode::IdToken(aud) => TokenRequest::id_token(sa, delegates, &aud),
+        TokenMode::Subject(user) => TokenRequest::delegated(sa, delegates, &user, scopes),
+        TokenMode::SignBlob(file) => {
+            let blob = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => return fail(2, format!("--sign-blob {}: {e}", file.display())),
+            };
+            return sign_once(&cfg, sa, delegates, SignInput::Blob(blob));
+        }
+        TokenMode::SignJwt(file) => {
+            let claims = match std::fs::read(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b)
+                        .map_err(|e| format!("not JSON: {e}"))
+                        .and_then(|v| {
+                            if v.is_object() {
+                                Ok(v)
+                            } else {
+                                Err("not a JSON object of claims".to_owned())
+                            }
+                        })
+                }) {
+                Ok(c) => c,
+                Err(e) => return fail(2, format!("--sign-jwt {}: {e}", file.display())),
+            };
+            return sign_once(&cfg, sa, delegates, SignInput::Jwt(claims));
+        }
+        TokenMode::Access => match impersonate_proxy::config::parse_duration(lifetime) {
             Ok(d) => TokenRequest::access_token(sa, delegates, scopes, d),
             Err(m) => return fail(2, format!("--lifetime: {m}")),
         },
@@ -714,6 +789,57 @@ fn token(
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),
+    }
+}
+
+enum SignInput {
+    Blob(Vec<u8>),
+    Jwt(serde_json::Value),
+}
+
+/// `token --sign-blob` / `--sign-jwt`: one IAM call with the source
+/// credential from `cfg`.
+fn sign_once(cfg: &Config, sa: &str, delegates: &[String], input: SignInput) -> ExitCode {
+    use impersonate_proxy::google::{AdcEnv, Minter};
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let target = match impersonate_proxy::google::TokenRequest::access_token(
+        sa,
+        delegates,
+        &[],
+        std::time::Duration::from_secs(3600),
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(2, e),
+    };
+    let signed = rt.block_on(async {
+        let minter = Minter::from_config(cfg, &AdcEnv::from_process())?;
+        match &input {
+            SignInput::Blob(b) => {
+                minter
+                    .sign_blob(target.target_principal(), target.delegates(), b)
+                    .await
+            }
+            SignInput::Jwt(c) => {
+                minter
+                    .sign_jwt(target.target_principal(), target.delegates(), c)
+                    .await
+            }
+        }
+    });
+    match (signed, input) {
+        (Ok(s), SignInput::Blob(_)) => {
+            println!("keyId: {}", s.key_id);
+            println!("signature: {}", s.signature);
+            ExitCode::SUCCESS
+        }
+        (Ok(s), SignInput::Jwt(_)) => {
+            println!("{}", s.signature);
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) => fail(1, e),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod inject;
 pub mod normalize;
 pub mod routes;
+pub mod sign;
 
 pub use clients::ClientError;
 pub use compile::{check, compile_rules, Checked, CompileError};

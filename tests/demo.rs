@@ -58,6 +58,16 @@ fn demo_prints_its_table_serves_curl_and_exits_on_sigint() {
     );
     assert!(row("4").ends_with("403"), "{text}");
     assert!(row("5").ends_with("503"), "{text}");
+    // A signed URL made through the sign_as route, fetched with no proxy
+    // and no token: Storage served it as the signer.
+    assert!(
+        row("6").contains("gcs-reader@") && row("6").ends_with("200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("X-Goog-Signature=") && text.contains("\"hello\\n\""),
+        "{text}"
+    );
     assert!(
         text.contains("Permission 'iam.serviceAccounts.getAccessToken' denied"),
         "{text}"

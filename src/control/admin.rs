@@ -228,7 +228,10 @@ fn readiness(shared: &ControlPlane) -> (bool, serde_json::Value) {
     let mut failing = Vec::new();
     for route in policy.routes.routes().iter().filter(|r| r.warm) {
         if let Action::Inject { slot, .. } = &route.action {
-            if !matches!(slot.status(), SlotStatus::Fresh | SlotStatus::Refreshing) {
+            // An ended time box (`refresh = false`) is the route working
+            // as configured, not the proxy failing to start.
+            let ended = slot.last_error().is_some_and(|e| e.is_time_box_ended());
+            if !ended && !matches!(slot.status(), SlotStatus::Fresh | SlotStatus::Refreshing) {
                 failing.push(serde_json::json!({
                     "route": &*route.name,
                     "target_principal": slot.request().target_principal(),

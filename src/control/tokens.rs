@@ -66,6 +66,22 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
         crate::ops::metrics::global()
             .token_mint(&label, result.as_ref().map(|_| ()).map_err(|e| e.reason()));
         match result {
+            Ok(ready) if !slot.request().refreshes() => {
+                // A time box: served until it expires, then the route
+                // fails closed; no further IAM call until a reload makes
+                // a new slot.
+                tracing::info!(target_principal = %target, token = %ready.token(), "time-boxed token minted (refresh = false)");
+                let ended = ready.token().expire_time();
+                let expires_at = ready.token().expires_at();
+                slot.store_fresh(ready);
+                sleep_until(expires_at).await;
+                tracing::warn!(target_principal = %target, "time box ended");
+                slot.store_expired(Arc::new(CredentialError::TimeBoxEnded {
+                    target: target.clone(),
+                    ended,
+                }));
+                return;
+            }
             Ok(ready) => {
                 let delay = refresh_delay(ready.token().expires_in());
                 tracing::info!(target_principal = %target, token = %ready.token(), "token minted");
@@ -182,8 +198,12 @@ impl Registry {
     fn entry(&self, request: TokenRequest, keep: bool) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = slots.get_mut(&request) {
-            e.kept |= keep;
-            return e.slot.clone();
+            // An ended time box (`refresh = false`) is minted anew by the
+            // reload that asks for it again; its refresher has returned.
+            if request.refreshes() || !e.refresher.is_finished() {
+                e.kept |= keep;
+                return e.slot.clone();
+            }
         }
         let slot = Slot::new(request.clone());
         let task = self

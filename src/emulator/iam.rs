@@ -1,5 +1,5 @@
-//! `iamcredentials.googleapis.com`: `generateAccessToken` and
-//! `generateIdToken`, with the Token Creator graph enforced along the
+//! `iamcredentials.googleapis.com`: `generateAccessToken`,
+//! `generateIdToken`, `signBlob` and `signJwt` (in `sign.rs`), with the Token Creator graph enforced along the
 //! delegate chain, IAM's lifetime rule, and IAM's error texts.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::state::{State, MAX_LIFETIME};
 use super::{google_error, json, Reply};
 
-const PREFIX: &str = "/v1/projects/-/serviceAccounts/";
+const PREFIX: &str = "/v1/projects/";
 const RESOURCE_PREFIX: &str = "projects/-/serviceAccounts/";
 
 /// IAM's text when the caller lacks the permission on the target or a
@@ -36,6 +36,7 @@ struct Body {
     scope: Vec<String>,
     lifetime: Option<String>,
     audience: Option<String>,
+    payload: Option<String>,
 }
 
 pub(crate) fn handle(
@@ -45,13 +46,20 @@ pub(crate) fn handle(
     caller: Option<String>,
     body: &Bytes,
 ) -> Reply {
-    let Some((name, op)) = path.strip_prefix(PREFIX).and_then(|r| r.rsplit_once(':')) else {
+    // Any project segment: IAM reads the project from the account.
+    let Some((name, op)) = path
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.split_once("/serviceAccounts/"))
+        .and_then(|(_, r)| r.rsplit_once(':'))
+    else {
         return super::not_found(path);
     };
     let target = name.replace("%40", "@");
     let permission = match op {
         "generateAccessToken" => "iam.serviceAccounts.getAccessToken",
         "generateIdToken" => "iam.serviceAccounts.getOpenIdToken",
+        "signBlob" => "iam.serviceAccounts.signBlob",
+        "signJwt" => "iam.serviceAccounts.signJwt",
         _ => return super::not_found(path),
     };
     state.count(op, &target);
@@ -91,6 +99,9 @@ pub(crate) fn handle(
     chain.push(&target);
     if !state.chain_allowed(&chain) {
         return google_error(403, "PERMISSION_DENIED", &denied(permission));
+    }
+    if op == "signBlob" || op == "signJwt" {
+        return super::sign::sign(state, op, &target, body.payload.as_deref());
     }
     if op == "generateAccessToken" {
         let lifetime = match body.lifetime.as_deref().map(parse_seconds) {

@@ -1,5 +1,8 @@
 //! `oauth2.googleapis.com/token`: the JWT-bearer grant (signature and
-//! claims checked as Google does) and the `refresh_token` grant.
+//! claims checked as Google does; signed with a key file's key or with
+//! the account's Google-managed key through `signJwt`; `sub` honoured:
+//! the token's principal reads `USER via ACCOUNT`) and the
+//! `refresh_token` grant.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +11,7 @@ use http::{Method, StatusCode};
 
 use super::state::{key_id, State, MAX_LIFETIME};
 use super::{form_decode, json, Reply};
-use crate::google::jwt::{unix, verify_rs256};
+use crate::google::jwt::{decode_unverified, unix, verify_rs256};
 
 /// The audience a JWT-bearer assertion must name.
 pub(crate) const TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -62,8 +65,28 @@ pub(crate) fn token(state: &State, method: &Method, path: &str, body: &Bytes) ->
     }
 }
 
+/// The account that owns key `kid` and its public key: a key file the
+/// emulator wrote, or an account's Google-managed key.
+fn assertion_key(state: &State, kid: &str) -> Option<(String, Vec<u8>)> {
+    let file_owner = state.lock().keys.get(kid).cloned();
+    if let Some(owner) = file_owner.filter(|o| kid == key_id(o)) {
+        return Some((owner, state.public_key.clone()));
+    }
+    let owner = state.sign_keys.owner_of(kid)?;
+    let public = state.sign_keys.of(&owner).public_der().to_vec();
+    Some((owner, public))
+}
+
 fn jwt_bearer(state: &State, assertion: &str) -> Reply {
-    let decoded = match verify_rs256(assertion, &state.public_key) {
+    let kid = decode_unverified(assertion)
+        .ok()
+        .and_then(|d| d.header.get("kid")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let Some((key_owner, public_key)) = assertion_key(state, &kid) else {
+        state.count("token", "");
+        return oauth_error("invalid_grant", "Invalid JWT Signature.");
+    };
+    let decoded = match verify_rs256(assertion, &public_key) {
         Ok(d) => d,
         Err(e) => {
             state.count("token", "");
@@ -72,13 +95,7 @@ fn jwt_bearer(state: &State, assertion: &str) -> Reply {
     };
     let iss = decoded.claim_str("iss").unwrap_or_default().to_owned();
     state.count("token", &iss);
-    let kid = decoded
-        .header
-        .get("kid")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default();
-    let key_owner = state.lock().keys.get(kid).cloned();
-    if key_owner.as_deref() != Some(iss.as_str()) || kid != key_id(&iss) {
+    if key_owner != iss {
         return oauth_error("invalid_grant", "Invalid JWT Signature.");
     }
     if decoded.claim_str("aud") != Some(TOKEN_URI) {
@@ -100,7 +117,18 @@ fn jwt_bearer(state: &State, assertion: &str) -> Reply {
             "Invalid OAuth scope or ID token audience provided.",
         );
     }
-    grant(state, &iss, MAX_LIFETIME)
+    // Domain-wide delegation: the token acts for the user in `sub`, if a
+    // Workspace admin allowed the account.
+    let principal = match decoded.claim_str("sub") {
+        Some(user) if !user.is_empty() && user != iss => {
+            if !state.lock().domain_wide_delegation.contains(&iss) {
+                return oauth_error("unauthorized_client", "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.");
+            }
+            format!("{user} via {iss}")
+        }
+        _ => iss,
+    };
+    grant(state, &principal, MAX_LIFETIME)
 }
 
 fn grant(state: &State, principal: &str, lifetime: Duration) -> Reply {

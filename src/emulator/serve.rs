@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::state::State;
-use super::{google_error, iam, metadata, oauth, pubsub, storage};
+use super::{google_error, iam, metadata, oauth, pubsub, sign, storage};
 
 /// A request body the emulator reads whole: uploads in the client tests
 /// are a few MiB.
@@ -64,6 +64,10 @@ async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
     let reply = match host.as_str() {
         "oauth2.googleapis.com" => oauth::token(&state, &parts.method, path, &body),
         "iamcredentials.googleapis.com" => iam::handle(&state, &parts.method, path, caller, &body),
+        "www.googleapis.com" => sign::public_keys(&state, path),
+        "storage.googleapis.com" if sign::is_signed_url(&parts) => {
+            sign::signed_url(&state, &host, &parts, body)
+        }
         "storage.googleapis.com" => {
             storage::handle(&state, &host, &parts, body, caller, token.is_some())
         }

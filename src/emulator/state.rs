@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) token_creators: HashSet<(String, String)>,
     /// kid → service account email, for keys written by the emulator.
     pub(crate) keys: HashMap<String, String>,
+    /// Service accounts a Workspace admin allowed domain-wide delegation.
+    pub(crate) domain_wide_delegation: HashSet<String>,
     /// refresh token → (client_id, client_secret, user email).
     pub(crate) refresh_tokens: HashMap<String, (String, String, String)>,
     pub(crate) issued: HashMap<String, Issued>,
@@ -74,6 +76,8 @@ pub(crate) struct Inner {
 
 pub(crate) struct State {
     pub(crate) key: SigningKey,
+    /// Each account's Google-managed key (`signBlob`, `signJwt`).
+    pub(crate) sign_keys: super::keys::Keys,
     pub(crate) public_key: Vec<u8>,
     pub(crate) metadata_account: String,
     inner: Mutex<Inner>,
@@ -88,10 +92,12 @@ impl State {
         Ok(State {
             public_key: key.public_key_der(),
             key,
+            sign_keys: super::keys::Keys::load()?,
             metadata_account,
             inner: Mutex::new(Inner {
                 token_creators: HashSet::new(),
                 keys: HashMap::new(),
+                domain_wide_delegation: HashSet::new(),
                 refresh_tokens: HashMap::new(),
                 issued: HashMap::new(),
                 counters: BTreeMap::new(),

@@ -98,6 +98,26 @@ pub enum CredentialError {
         /// The target principal (email).
         target: String,
     },
+    /// The token endpoint refused the JWT-bearer grant of a domain-wide
+    /// delegation (`subject`) assertion that IAM signed.
+    #[error("the token endpoint refused domain-wide delegation for {subject} by {target}: {message}; in the Workspace admin console (Security > API controls > Domain-wide delegation) allow {target}'s client ID for these scopes")]
+    Delegation {
+        /// The service account (email).
+        target: String,
+        /// The Workspace user.
+        subject: String,
+        /// Google's `error` and `error_description`.
+        message: String,
+    },
+    /// A `refresh = false` route's one token expired: the route fails
+    /// closed until the configuration is reloaded.
+    #[error("time box ended at {}: the token for {target} was minted once (refresh = false) and has expired; reload the configuration to mint a new one", humantime::format_rfc3339_seconds(*.ended))]
+    TimeBoxEnded {
+        /// The target principal (email).
+        target: String,
+        /// When the token expired.
+        ended: std::time::SystemTime,
+    },
     /// The cached token for the target expired and no refresh succeeded.
     #[error("the token for {target} expired and could not be refreshed{}", expired_cause(.cause))]
     Expired {
@@ -152,6 +172,8 @@ impl CredentialError {
             CredentialError::InvalidRequest { .. } => "invalid_request",
             CredentialError::Expired { .. } => "expired",
             CredentialError::Released { .. } => "released",
+            CredentialError::Delegation { .. } => "delegation_refused",
+            CredentialError::TimeBoxEnded { .. } => "time_box_ended",
             CredentialError::Setup(_) => "setup",
         }
     }
@@ -169,6 +191,11 @@ impl CredentialError {
     /// A cached token reached its expiry without a successful refresh.
     pub fn is_expired(&self) -> bool {
         matches!(self, CredentialError::Expired { .. })
+    }
+
+    /// A `refresh = false` route's token expired, as it was meant to.
+    pub fn is_time_box_ended(&self) -> bool {
+        matches!(self, CredentialError::TimeBoxEnded { .. })
     }
 
     /// Google's own message for an IAM refusal, if this is one.

@@ -99,6 +99,11 @@ pub(crate) async fn generate(
                 "includeEmail": true,
             }),
         ),
+        TokenKind::Delegated { .. } | TokenKind::Source => {
+            return Err(CredentialError::InvalidRequest {
+                message: format!("{req} is not minted by generateAccessToken/generateIdToken"),
+            })
+        }
     };
     let uri = format!("{IAM_BASE}/{}:{method}", resource_name(target));
     let mut bearer =
@@ -161,6 +166,9 @@ pub(crate) async fn generate(
                 .ok_or_else(|| bad("the ID token has no `exp` claim".to_owned()))?;
             Ok(Token::expiring_at(g.token, exp))
         }
+        TokenKind::Delegated { .. } | TokenKind::Source => Err(bad(format!(
+            "{req} is not minted by generateAccessToken/generateIdToken"
+        ))),
     }
 }
 

@@ -143,6 +143,7 @@ impl fmt::Display for Table<'_> {
             .map(|c| {
                 let kind = match c.request.kind() {
                     TokenKind::Id { audience } => format!("id_token({audience})"),
+                    TokenKind::Delegated { subject, .. } => format!("access(subject {subject})"),
                     _ => "access".to_owned(),
                 };
                 let result = match &c.outcome {

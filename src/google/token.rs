@@ -97,6 +97,10 @@ pub struct TokenRequest {
     target_principal: String,
     delegates: Vec<String>,
     kind: TokenKind,
+    /// `false` (`refresh = false`): minted once, served until it expires,
+    /// never refreshed. Part of the key: a time-boxed route never shares a
+    /// slot with a refreshed one.
+    refresh: bool,
 }
 
 /// The two kinds of token IAM Credentials mints.
@@ -115,6 +119,18 @@ pub enum TokenKind {
         /// The `aud` claim, e.g. a Cloud Run URL.
         audience: String,
     },
+    /// Keyless domain-wide delegation: `signJwt` as the target for
+    /// `{iss: target, sub: subject, scope, aud: token endpoint}`, then the
+    /// JWT-bearer grant: an access token acting for `subject`.
+    Delegated {
+        /// The Workspace user the token acts for (`sub`).
+        subject: String,
+        /// OAuth scopes.
+        scopes: Vec<String>,
+    },
+    /// The source credential's own token (what `sign_as` routes send
+    /// IAM); the target principal is a placeholder name.
+    Source,
 }
 
 impl TokenRequest {
@@ -143,7 +159,62 @@ impl TokenRequest {
             target_principal: principal_email(target)?,
             delegates: delegate_emails(delegates)?,
             kind: TokenKind::Access { scopes, lifetime },
+            refresh: true,
         })
+    }
+
+    /// An access token for `target` acting for the Workspace user
+    /// `subject` (domain-wide delegation without a key: IAM `signJwt`,
+    /// then the JWT-bearer grant). Empty `scopes` means `cloud-platform`.
+    pub fn delegated(
+        target: &str,
+        delegates: &[String],
+        subject: &str,
+        scopes: &[String],
+    ) -> Result<TokenRequest, CredentialError> {
+        let subject = subject.trim();
+        if subject.is_empty() || subject.contains(char::is_whitespace) {
+            return Err(CredentialError::InvalidRequest {
+                message: format!("subject `{subject}` for {target} must be a user's email address"),
+            });
+        }
+        let scopes = if scopes.is_empty() {
+            vec![CLOUD_PLATFORM.to_owned()]
+        } else {
+            scopes.to_vec()
+        };
+        Ok(TokenRequest {
+            target_principal: principal_email(target)?,
+            delegates: delegate_emails(delegates)?,
+            kind: TokenKind::Delegated {
+                subject: subject.to_owned(),
+                scopes,
+            },
+            refresh: true,
+        })
+    }
+
+    /// The source credential's own token (scope `cloud-platform`), kept
+    /// in a slot like any other: what `sign_as` routes send IAM.
+    pub fn source_credential() -> TokenRequest {
+        TokenRequest {
+            target_principal: "the source credential".to_owned(),
+            delegates: Vec::new(),
+            kind: TokenKind::Source,
+            refresh: true,
+        }
+    }
+
+    /// The same request, minted once and never refreshed
+    /// (`refresh = false`).
+    pub fn time_boxed(mut self) -> TokenRequest {
+        self.refresh = false;
+        self
+    }
+
+    /// Whether the slot refreshes its token (`false`: a time box).
+    pub fn refreshes(&self) -> bool {
+        self.refresh
     }
 
     /// An ID token for `target` with the given audience.
@@ -163,6 +234,7 @@ impl TokenRequest {
             kind: TokenKind::Id {
                 audience: audience.to_owned(),
             },
+            refresh: true,
         })
     }
 
@@ -191,9 +263,18 @@ impl fmt::Display for TokenRequest {
                 "ID token for {} (audience {audience})",
                 self.target_principal
             )?,
+            TokenKind::Delegated { subject, .. } => write!(
+                f,
+                "access token for {subject} (domain-wide delegation by {})",
+                self.target_principal
+            )?,
+            TokenKind::Source => f.write_str("the source credential's own token")?,
         }
         if !self.delegates.is_empty() {
             write!(f, " via {}", self.delegates.join(" → "))?;
+        }
+        if !self.refresh {
+            f.write_str(" (minted once: refresh = false)")?;
         }
         Ok(())
     }

@@ -41,6 +41,9 @@ pub enum AuditAction {
     Tunnel,
     /// A tunnel refused by the egress policy.
     Refused,
+    /// A `signBlob` / `signJwt` sent with the source credential
+    /// (`sign_as`).
+    SignAs,
 }
 
 impl AuditAction {
@@ -56,6 +59,7 @@ impl AuditAction {
             AuditAction::ProxyAuth => "proxy_auth",
             AuditAction::Tunnel => "tunnel",
             AuditAction::Refused => "refused",
+            AuditAction::SignAs => "sign_as",
         }
     }
 }
@@ -286,6 +290,9 @@ pub(crate) struct Record {
     /// The audience a metadata identity request asked for (omitted when
     /// `None`); never the ID token.
     pub audience: Option<Arc<str>>,
+    /// A `sign_as` request's IAM method (`signBlob` / `signJwt`), written
+    /// as `sign` (omitted when `None`); the account is `target_principal`.
+    pub sign: Option<&'static str>,
     pub status: u16,
     /// Written as `duration_ms`, to the microsecond.
     pub duration: std::time::Duration,
@@ -318,6 +325,7 @@ impl Record {
             would_deny: None,
             acting_as: None,
             audience: None,
+            sign: None,
             status: 0,
             duration: std::time::Duration::ZERO,
             bytes_in: 0,
@@ -392,6 +400,10 @@ impl Record {
                 }
                 out.push(b']');
             }
+        }
+        if let Some(sign) = self.sign {
+            out.extend_from_slice(b",\"sign\":");
+            json_str(out, sign);
         }
         if let Some(audience) = &self.audience {
             out.extend_from_slice(b",\"audience\":");

@@ -273,6 +273,7 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         r.impersonate.is_some(),
         r.id_token.is_some(),
         r.action.is_some(),
+        r.sign_as.is_some(),
     ]
     .iter()
     .filter(|x| **x)
@@ -280,10 +281,32 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
     if chosen != 1 {
         return Err(ConfigError::invalid(
             key("action"),
-            "set exactly one of `impersonate = \"SA\"`, `id_token = { audience, impersonate }` or `action = \"deny\" | \"passthrough\"`",
+            "set exactly one of `impersonate = \"SA\"`, `id_token = { audience, impersonate }`, `sign_as = \"SA\"` or `action = \"deny\" | \"passthrough\"`",
         ));
     }
-    let credential_keys = !r.delegates.is_empty()
+    if r.subject.is_some() && r.impersonate.is_none() {
+        return Err(ConfigError::invalid(
+            key("subject"),
+            "`subject` (domain-wide delegation) goes with `impersonate = \"SA\"`: the account that signs for the user",
+        ));
+    }
+    if !r.refresh && r.impersonate.is_none() {
+        return Err(ConfigError::invalid(
+            key("refresh"),
+            "`refresh = false` (a time box) applies to `impersonate` routes",
+        ));
+    }
+    if r.allow_token_assertions && r.sign_as.is_none() {
+        return Err(ConfigError::invalid(
+            key("allow_token_assertions"),
+            "applies only to `sign_as` routes",
+        ));
+    }
+    if let Some(account) = &r.sign_as {
+        return sign_as_rule(r, account, hosts, client_indices, &key);
+    }
+    let credential_keys = r.subject.is_some()
+        || !r.delegates.is_empty()
         || !r.scopes.is_empty()
         || r.lifetime.is_some()
         || r.quota_project.is_some()
@@ -302,8 +325,25 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
                 d
             }
         };
-        let request = TokenRequest::access_token(target, &r.delegates, &r.scopes, lifetime)
-            .map_err(|e| ConfigError::invalid(key("impersonate"), e.to_string()))?;
+        let request = match &r.subject {
+            None => TokenRequest::access_token(target, &r.delegates, &r.scopes, lifetime)
+                .map_err(|e| ConfigError::invalid(key("impersonate"), e.to_string()))?,
+            Some(_) if r.lifetime.is_some() => {
+                return Err(ConfigError::invalid(
+                    key("lifetime"),
+                    "a `subject` route's token comes from the token endpoint, which grants one hour; remove `lifetime`",
+                ))
+            }
+            Some(subject) => {
+                TokenRequest::delegated(target, &r.delegates, subject, &r.scopes)
+                    .map_err(|e| ConfigError::invalid(key("subject"), e.to_string()))?
+            }
+        };
+        let request = if r.refresh {
+            request
+        } else {
+            request.time_boxed()
+        };
         ActionSpec::Inject {
             request,
             authorization: r.authorization,
@@ -367,6 +407,73 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         client_indices,
         action,
         enforce: r.enforce,
+    })
+}
+
+/// The IAM Credentials host: the only one a `sign_as` route names.
+const IAM_CREDENTIALS: &str = "iamcredentials.googleapis.com";
+
+/// A `sign_as` route: POST `…/serviceAccounts/{account}:signBlob|:signJwt`
+/// on IAM Credentials, nothing else.
+fn sign_as_rule(
+    r: &RouteConfig,
+    account: &str,
+    hosts: Vec<HostPattern>,
+    client_indices: Vec<u32>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<RuleSpec, ConfigError> {
+    let account = principal_email(account)
+        .map_err(|e| ConfigError::invalid(key("sign_as"), e.to_string()))?;
+    let delegates = r
+        .delegates
+        .iter()
+        .map(|d| principal_email(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(key("delegates"), e.to_string()))?;
+    for (j, h) in hosts.iter().enumerate() {
+        if !matches!(h, HostPattern::Exact(name) if name.as_str() == IAM_CREDENTIALS) {
+            return Err(ConfigError::invalid(
+                key(&format!("hosts[{j}]")),
+                format!("`{h}`: a sign_as route serves IAM Credentials only; write hosts = [\"{IAM_CREDENTIALS}\"]"),
+            ));
+        }
+    }
+    if r.path_prefix.is_some() || !r.methods.is_empty() {
+        return Err(ConfigError::invalid(
+            key("sign_as"),
+            "a sign_as route matches only POST …/serviceAccounts/{its account}:signBlob and :signJwt; remove path_prefix and methods",
+        ));
+    }
+    if !r.scopes.is_empty()
+        || r.lifetime.is_some()
+        || r.quota_project.is_some()
+        || r.warm
+        || r.authorization != crate::config::AuthorizationPolicy::Replace
+    {
+        return Err(ConfigError::invalid(
+            key("sign_as"),
+            "scopes, lifetime, quota_project, warm and authorization do not apply to a sign_as route (it always sends the source credential); remove them",
+        ));
+    }
+    if !r.enforce {
+        return Err(ConfigError::invalid(
+            key("enforce"),
+            "`enforce = false` (report mode) applies only to action = \"deny\" routes; remove it",
+        ));
+    }
+    Ok(RuleSpec {
+        name: r.name.clone(),
+        hosts,
+        path_prefix: Some("/v1/projects".to_owned()),
+        methods: vec![Method::POST],
+        clients: r.clients.clone(),
+        client_indices,
+        action: ActionSpec::SignAs {
+            account,
+            delegates,
+            allow_token_assertions: r.allow_token_assertions,
+        },
+        enforce: true,
     })
 }
 
@@ -440,6 +547,73 @@ mod tests {
         assert!(err.to_string().contains("route[0].enforce"), "{err}");
         let c = compile(&format!("{route}action = \"deny\"\n")).unwrap();
         assert!(!c.rules[0].enforce);
+    }
+
+    #[test]
+    fn signing_delegation_and_time_box_keys_are_checked_with_key_names() {
+        let sa = "a@p.iam.gserviceaccount.com";
+        let iam = "hosts = [\"iamcredentials.googleapis.com\"]";
+        let route = |body: &str| format!("[[route]]\nname = \"r\"\n{body}\n");
+        let err = |body: &str| compile(&route(body)).unwrap_err().to_string();
+        let ok = |body: &str| compile(&route(body)).unwrap();
+
+        let c = ok(&format!(
+            "{iam}\nsign_as = \"{sa}\"\ndelegates = [\"m@p.iam.gserviceaccount.com\"]"
+        ));
+        assert_eq!(c.rules[0].methods, [Method::POST]);
+        assert!(matches!(&c.rules[0].action, ActionSpec::SignAs { account, .. } if account == sa));
+        let e = err(&format!(
+            "hosts = [\"*.googleapis.com\"]\nsign_as = \"{sa}\""
+        ));
+        assert!(
+            e.contains("route[0].hosts[0]") && e.contains("iamcredentials"),
+            "{e}"
+        );
+        let e = err(&format!("{iam}\nsign_as = \"{sa}\"\npath_prefix = \"/v1\""));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!(
+            "{iam}\nsign_as = \"{sa}\"\nauthorization = \"keep\""
+        ));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!("{iam}\nsign_as = \"nobody\""));
+        assert!(e.contains("route[0].sign_as"), "{e}");
+        let e = err(&format!(
+            "{iam}\nsign_as = \"{sa}\"\nimpersonate = \"{sa}\""
+        ));
+        assert!(e.contains("route[0].action"), "{e}");
+        let e = err(&format!(
+            "{iam}\nimpersonate = \"{sa}\"\nallow_token_assertions = true"
+        ));
+        assert!(e.contains("route[0].allow_token_assertions"), "{e}");
+
+        let gcs = "hosts = [\"storage.googleapis.com\"]";
+        let c = ok(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nsubject = \"admin@example.com\""
+        ));
+        let ActionSpec::Inject { request, .. } = &c.rules[0].action else {
+            panic!("an inject route")
+        };
+        assert!(
+            matches!(request.kind(), crate::google::TokenKind::Delegated { subject, .. } if subject == "admin@example.com")
+        );
+        let e = err(&format!(
+            "{gcs}\naction = \"passthrough\"\nsubject = \"admin@example.com\""
+        ));
+        assert!(e.contains("route[0].subject"), "{e}");
+        let e = err(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nsubject = \"admin@example.com\"\nlifetime = \"600s\""
+        ));
+        assert!(e.contains("route[0].lifetime"), "{e}");
+
+        let c = ok(&format!(
+            "{gcs}\nimpersonate = \"{sa}\"\nlifetime = \"20s\"\nrefresh = false"
+        ));
+        let ActionSpec::Inject { request, .. } = &c.rules[0].action else {
+            panic!("an inject route")
+        };
+        assert!(!request.refreshes());
+        let e = err("hosts = [\"a.run.app\"]\nid_token = { audience = \"x\", impersonate = \"a@p.iam.gserviceaccount.com\" }\nrefresh = false");
+        assert!(e.contains("route[0].refresh"), "{e}");
     }
 
     #[test]

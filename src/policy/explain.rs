@@ -258,6 +258,18 @@ pub fn explain(
             d.message = Some(denied(&spec.name, &method, &host, &path));
         }
         ActionSpec::Passthrough => {}
+        ActionSpec::SignAs {
+            account, delegates, ..
+        } => {
+            d.slot = Some(TokenSlot {
+                kind: "sign_as",
+                target: account.clone(),
+                delegates: delegates.clone(),
+                scopes: Vec::new(),
+                lifetime: None,
+                audience: None,
+            });
+        }
         ActionSpec::Inject { request, .. } => {
             if scheme == Scheme::HTTP {
                 d.status = Some(400);
@@ -273,6 +285,8 @@ pub fn explain(
                 TokenKind::Id { audience } => {
                     ("id_token", Vec::new(), None, Some(audience.clone()))
                 }
+                TokenKind::Delegated { scopes, .. } => ("subject", scopes.clone(), None, None),
+                _ => ("source", Vec::new(), None, None),
             };
             d.slot = Some(TokenSlot {
                 kind,
@@ -401,6 +415,16 @@ fn candidate(
             ))
         }
         None => why.push("any path".into()),
+    }
+    if let ActionSpec::SignAs { account, .. } = &r.action {
+        match crate::policy::sign::sign_method(path, account) {
+            Some(m) => why.push(format!("{m} for {account}")),
+            None => {
+                return no(format!(
+                    "a sign_as route matches only POST …/serviceAccounts/{account}:signBlob or :signJwt"
+                ))
+            }
+        }
     }
     if r.methods.is_empty() {
         why.push("any method".into());

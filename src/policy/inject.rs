@@ -70,6 +70,16 @@ pub fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
             Err(Unavailable::Minting) => Outcome::Minting(slot),
             Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
         },
+        // The source credential goes to IAM in place of whatever the
+        // client sent (a metadata placeholder, usually).
+        Action::SignAs(s) => match s.slot.load() {
+            Ok(token) => {
+                attach(headers, token, AuthorizationPolicy::Replace, None);
+                Outcome::Forward
+            }
+            Err(Unavailable::Minting) => Outcome::Minting(&s.slot),
+            Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
+        },
         Action::Passthrough => {
             // Passthrough forwards the client's own credential untouched,
             // but a placeholder is none: Google would only reject it.

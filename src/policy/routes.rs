@@ -17,6 +17,7 @@ use crate::google::slot::Slot;
 use crate::google::{TokenKind, TokenRequest};
 use crate::net::HostPattern;
 use crate::ops::audit::AuditAction;
+use crate::policy::sign::SignAs;
 use crate::policy::SlotSource;
 
 /// What a matched route does with a request.
@@ -32,6 +33,9 @@ pub enum Action {
         /// `x-goog-user-project`, if the route sets one.
         quota_project: Option<HeaderValue>,
     },
+    /// Forward a `signBlob` / `signJwt` with the source credential and
+    /// the route's delegates.
+    SignAs(Arc<SignAs>),
     /// Forward untouched.
     Passthrough,
     /// Refuse with 403.
@@ -48,6 +52,7 @@ impl Action {
                 AuditAction::IdToken
             }
             Action::Inject { .. } => AuditAction::Impersonate,
+            Action::SignAs(_) => AuditAction::SignAs,
             Action::Passthrough => AuditAction::Passthrough,
             Action::Deny => AuditAction::Deny,
         }
@@ -80,9 +85,13 @@ pub struct Route {
 
 impl Route {
     #[inline]
-    fn allows(&self, method: &Method, client: Option<u32>) -> bool {
+    fn allows(&self, method: &Method, path: &str, client: Option<u32>) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && (self.clients.is_empty() || client.is_some_and(|c| self.clients.contains(&c)))
+            && match &self.action {
+                Action::SignAs(s) => s.method_of(path).is_some(),
+                _ => true,
+            }
     }
 }
 
@@ -283,6 +292,15 @@ pub enum ActionSpec {
         /// Mint at start.
         warm: bool,
     },
+    /// `signBlob` / `signJwt` as `account` with the source credential.
+    SignAs {
+        /// The account whose key signs (email).
+        account: String,
+        /// Written into the request body (emails).
+        delegates: Vec<String>,
+        /// Token-endpoint assertions are signed too.
+        allow_token_assertions: bool,
+    },
     /// Forward untouched.
     Passthrough,
     /// Refuse with 403.
@@ -319,6 +337,23 @@ impl fmt::Display for RuleSpec {
                 }
                 if *warm {
                     write!(f, " warm")?;
+                }
+                Ok(())
+            }
+            ActionSpec::SignAs {
+                account,
+                delegates,
+                allow_token_assertions,
+            } => {
+                write!(
+                    f,
+                    " → sign_as {account} (signBlob, signJwt; source credential)"
+                )?;
+                if !delegates.is_empty() {
+                    write!(f, " via {}", delegates.join(" → "))?;
+                }
+                if *allow_token_assertions {
+                    write!(f, " allow_token_assertions")?;
                 }
                 Ok(())
             }
@@ -372,6 +407,16 @@ impl RouteTable {
                         .as_deref()
                         .and_then(|q| HeaderValue::from_str(q).ok()),
                 },
+                ActionSpec::SignAs {
+                    account,
+                    delegates,
+                    allow_token_assertions,
+                } => Action::SignAs(Arc::new(SignAs::new(
+                    slots.slot(TokenRequest::source_credential(), false),
+                    account,
+                    delegates,
+                    *allow_token_assertions,
+                ))),
                 ActionSpec::Passthrough => Action::Passthrough,
                 ActionSpec::Deny => Action::Deny,
             };
@@ -586,7 +631,7 @@ impl RouteTable {
             if i >= best {
                 break;
             }
-            if i >= q.from && self.routes[i as usize].allows(q.method, q.client) {
+            if i >= q.from && self.routes[i as usize].allows(q.method, q.path, q.client) {
                 return i;
             }
         }

@@ -16,12 +16,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AuthorizationPolicy;
 use crate::google::slot::Slot;
 use crate::google::CredentialError;
-use crate::net::{default_port, normalize_host, request_authority, stream_body, ProxyBody};
+use crate::net::{
+    default_port, full_body, normalize_host, request_authority, stream_body, ProxyBody,
+};
 use crate::ops::audit::{Listener, Record};
 use crate::ops::observe::{self, CountedIn};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::inject::{self, Outcome};
 use crate::policy::routes::Action;
+use crate::policy::sign::{SignAs, MAX_SIGN_BODY};
 use crate::policy::{explain, normalize};
 use crate::proxy::idle::InFlight;
 use crate::proxy::upstream::{Sticky, Upstream};
@@ -306,6 +309,8 @@ async fn route_and_forward(
     // Hop-by-hop headers go before the credential goes on: a client's
     // `Connection: authorization` must not remove what the proxy adds.
     strip_hop_by_hop(&mut parts.headers);
+    // A `sign_as` request: its body is read, checked and rewritten.
+    let mut sign: Option<(Arc<SignAs>, &'static str, Arc<str>)> = None;
     let decision = {
         let policy = shared.control.policy();
         // The client, again, against the policy in force now.
@@ -348,7 +353,14 @@ async fn route_and_forward(
         if let Action::Inject { slot, .. } = &route.action {
             record.acting_as = Some(slot.principal());
         }
-        if target.scheme == Scheme::HTTP && matches!(route.action, Action::Inject { .. }) {
+        if let Action::SignAs(s) = &route.action {
+            record.acting_as = Some(s.signer());
+            record.sign = s.method_of(path);
+            sign = record.sign.map(|m| (s.clone(), m, route.name.clone()));
+        }
+        if target.scheme == Scheme::HTTP
+            && matches!(route.action, Action::Inject { .. } | Action::SignAs(_))
+        {
             Decision::Refuse(reply::error_for(
                 is_grpc,
                 StatusCode::BAD_REQUEST,
@@ -364,18 +376,19 @@ async fn route_and_forward(
                 )),
                 Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
                 Outcome::Minting(slot) => {
-                    let Action::Inject {
-                        authorization,
-                        quota_project,
-                        ..
-                    } = &route.action
-                    else {
-                        unreachable!("only inject routes have slots")
+                    // A sign_as route replaces the client's credential.
+                    let (policy, quota_project) = match &route.action {
+                        Action::Inject {
+                            authorization,
+                            quota_project,
+                            ..
+                        } => (*authorization, quota_project.clone()),
+                        _ => (AuthorizationPolicy::Replace, None),
                     };
                     Decision::Mint {
                         slot: slot.clone(),
-                        policy: *authorization,
-                        quota_project: quota_project.clone(),
+                        policy,
+                        quota_project,
                         route: route.name.clone(),
                     }
                 }
@@ -422,7 +435,15 @@ async fn route_and_forward(
 
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     record.counted_in = Some(count.clone());
-    let body = CountedIn::boxed(body, count);
+    let body = match sign {
+        None => CountedIn::boxed(body, count),
+        Some((s, method, route)) => {
+            match sign_body(&s, method, &route, body, &mut parts.headers, &count).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            }
+        }
+    };
     let req = Request::from_parts(parts, body);
     match origin
         .upstream
@@ -448,6 +469,46 @@ async fn route_and_forward(
             )
         }
     }
+}
+
+/// A `sign_as` request's body, read whole (up to [`MAX_SIGN_BODY`]), with
+/// the route's delegates written in; or the refusal.
+async fn sign_body(
+    s: &SignAs,
+    method: &str,
+    route: &str,
+    body: Incoming,
+    headers: &mut HeaderMap,
+    count: &std::sync::atomic::AtomicU64,
+) -> Result<ProxyBody, Response<ProxyBody>> {
+    use http_body_util::BodyExt;
+    let read = http_body_util::Limited::new(body, MAX_SIGN_BODY)
+        .collect()
+        .await;
+    let bytes = match read {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "route \"{route}\": a {method} request body is at most {MAX_SIGN_BODY} bytes"
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(reply::error(
+                StatusCode::BAD_REQUEST,
+                &format!("route \"{route}\": reading the {method} request body: {e}"),
+            ))
+        }
+    };
+    count.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let rewritten = s
+        .rewrite(route, method, &bytes)
+        .map_err(|r| reply::error(r.status, &r.message))?;
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+    Ok(full_body(rewritten))
 }
 
 /// The 421 for a request that names another host than its connection's.

@@ -135,6 +135,12 @@ impl World {
     /// every Google API request as `TARGET`), runs the proxy binary with it
     /// and reads the export block it prints.
     pub async fn start(name: &str) -> World {
+        World::start_with_routes(name, "").await
+    }
+
+    /// [`World::start`] with `routes` (TOML) ahead of the route that
+    /// sends everything as `TARGET`.
+    pub async fn start_with_routes(name: &str, routes: &str) -> World {
         let dir = tempdir(&format!("matrix-{name}"));
         let emu = Emulator::start(EmulatorOptions {
             dir: Some(dir.join("emulator")),
@@ -174,7 +180,7 @@ file = "audit.jsonl"
 enabled = true
 service_account = "{TARGET}"
 numeric_project_id = "123456789012"
-
+{routes}
 [[route]]
 name = "impersonate"
 hosts = ["*.googleapis.com"]
