@@ -6,6 +6,7 @@
 //! here.
 
 mod admin;
+mod downscope;
 pub(crate) mod metadata;
 mod reload;
 pub mod tokens;
@@ -213,5 +214,14 @@ impl Mint for LateSource {
         req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async move { self.minter()?.mint_token(req).await })
+    }
+
+    fn downscope<'a>(
+        &'a self,
+        req: &'a TokenRequest,
+        base: &'a Token,
+        boundary: &'a crate::google::AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async move { self.minter()?.downscope_token(req, base, boundary).await })
     }
 }

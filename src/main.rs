@@ -75,6 +75,10 @@ enum Command {
         /// Print an ID token for this audience instead.
         #[arg(long, value_name = "AUDIENCE")]
         id_token: Option<String>,
+        /// Exchange the token at STS for one limited to this Credential
+        /// Access Boundary (Google's JSON: {"accessBoundary":{"accessBoundaryRules":[…]}}).
+        #[arg(long, value_name = "FILE.json", conflicts_with = "id_token")]
+        access_boundary: Option<PathBuf>,
         /// Use [source] and [upstream] from this config (default: ADC).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
             scopes,
             lifetime,
             id_token,
+            access_boundary,
             config,
         } => token(
             &impersonate,
@@ -203,6 +208,7 @@ fn main() -> ExitCode {
             &scopes,
             &lifetime,
             id_token.as_deref(),
+            access_boundary.as_deref(),
             config.as_deref(),
         ),
     }
@@ -509,6 +515,9 @@ fn render(d: &Decision) -> String {
         if let Some(a) = &s.audience {
             let _ = writeln!(o, "  audience   {a}");
         }
+        if let Some(b) = &s.boundary {
+            let _ = writeln!(o, "  boundary   {b}");
+        }
     }
     match (d.status, &d.message) {
         (Some(s), Some(m)) => {
@@ -546,6 +555,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         lifetime: None,
         quota_project: None,
         id_token: None,
+        access_boundary: None,
         action: None,
         authorization: Default::default(),
         warm: true,
@@ -658,9 +668,20 @@ fn token(
     scopes: &[String],
     lifetime: &str,
     id_token: Option<&str>,
+    access_boundary: Option<&Path>,
     config: Option<&Path>,
 ) -> ExitCode {
-    use impersonate_proxy::google::{mint_once, TokenRequest};
+    use impersonate_proxy::google::{downscope_once, mint_once, AccessBoundary, TokenRequest};
+    let boundary = match access_boundary {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| AccessBoundary::from_json(&t))
+        {
+            Ok(b) => Some(b),
+            Err(e) => return fail(2, format!("--access-boundary {}: {e}", p.display())),
+        },
+    };
     let cfg = match config {
         Some(p) => match load(p) {
             Ok(c) => c,
@@ -683,7 +704,11 @@ fn token(
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(mint_once(&cfg, &request)) {
+    let minted = match &boundary {
+        Some(b) => rt.block_on(downscope_once(&cfg, &request, b)),
+        None => rt.block_on(mint_once(&cfg, &request)),
+    };
+    match minted {
         Ok(token) => {
             println!("{}", token.expose_secret());
             ExitCode::SUCCESS

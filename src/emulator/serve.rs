@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::state::State;
-use super::{google_error, iam, metadata, oauth, pubsub, storage};
+use super::{google_error, iam, metadata, oauth, pubsub, storage, sts};
 
 /// A request body the emulator reads whole: uploads in the client tests
 /// are a few MiB.
@@ -64,8 +64,18 @@ async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
     let reply = match host.as_str() {
         "oauth2.googleapis.com" => oauth::token(&state, &parts.method, path, &body),
         "iamcredentials.googleapis.com" => iam::handle(&state, &parts.method, path, caller, &body),
+        "sts.googleapis.com" => sts::token(&state, &parts.method, path, &body),
         "storage.googleapis.com" => {
-            storage::handle(&state, &host, &parts, body, caller, token.is_some())
+            let boundary = token.and_then(|t| state.boundary_of(t));
+            storage::handle(
+                &state,
+                &host,
+                &parts,
+                body,
+                caller,
+                token.is_some(),
+                boundary,
+            )
         }
         "pubsub.googleapis.com" if pubsub::is_grpc(&parts) => {
             return Ok(pubsub::handle(&state, &parts, &body, caller).map(Either::Right));

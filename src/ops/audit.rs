@@ -233,6 +233,9 @@ pub(crate) struct Record {
     /// The audience a metadata identity request asked for (omitted when
     /// `None`); never the ID token.
     pub audience: Option<Arc<str>>,
+    /// The resources of the access boundary the injected token carries
+    /// (omitted when `None`); never the token.
+    pub boundary: Option<Arc<str>>,
     pub status: u16,
     /// Written as `duration_ms`, to the microsecond.
     pub duration: std::time::Duration,
@@ -263,6 +266,7 @@ impl Record {
             would_deny: None,
             acting_as: None,
             audience: None,
+            boundary: None,
             status: 0,
             duration: std::time::Duration::ZERO,
             bytes_in: 0,
@@ -333,6 +337,10 @@ impl Record {
         if let Some(audience) = &self.audience {
             out.extend_from_slice(b",\"audience\":");
             json_str(out, audience);
+        }
+        if let Some(boundary) = &self.boundary {
+            out.extend_from_slice(b",\"boundary\":");
+            json_str(out, boundary);
         }
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));

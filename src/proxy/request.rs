@@ -344,7 +344,13 @@ async fn route_and_forward(
                 &explain::plain_http(&route.name),
             ))
         } else {
-            match inject::apply(&route.action, &mut parts.headers) {
+            match inject::apply_at(
+                &route.action,
+                &mut parts.headers,
+                &target.host,
+                path,
+                &mut record.boundary,
+            ) {
                 Outcome::Forward => Decision::Forward,
                 Outcome::Deny => Decision::Refuse(reply::error_for(
                     is_grpc,
@@ -352,6 +358,11 @@ async fn route_and_forward(
                     &explain::denied(&route.name, &method, &target.host, path),
                 )),
                 Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
+                Outcome::NoBucket => Decision::Refuse(reply::error_for(
+                    is_grpc,
+                    StatusCode::FORBIDDEN,
+                    &explain::no_bucket(&route.name, &method, &target.host, path),
+                )),
                 Outcome::Minting(slot) => {
                     let Action::Inject {
                         authorization,
@@ -362,7 +373,7 @@ async fn route_and_forward(
                         unreachable!("only inject routes have slots")
                     };
                     Decision::Mint {
-                        slot: slot.clone(),
+                        slot: slot.into_owned(),
                         policy: *authorization,
                         quota_project: quota_project.clone(),
                         route: route.name.clone(),
