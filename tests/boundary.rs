@@ -440,3 +440,67 @@ async fn the_token_command_prints_a_downscoped_token() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[test]
+fn policy_tests_and_explain_show_the_rendered_boundary() {
+    let dir = tempdir("boundary-policy-tools");
+    let config = dir.join("proxy.toml");
+    let routes = tenant_a_route().replace(
+        "name = \"tenant-a-reports\"",
+        "name = \"tenant-a-reports\"\npath_prefix = \"/storage/v1/b/tenant-a\"",
+    );
+    std::fs::write(&config, format!("{routes}{}", per_bucket_route())).unwrap();
+    let cases = dir.join("routes.test.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+request = "GET https://storage.googleapis.com/storage/v1/b/tenant-a/o/reports%2Fq3.csv"
+expect = { route = "tenant-a-reports", boundary = "//storage.googleapis.com/projects/_/buckets/tenant-a", status = 0 }
+
+[[case]]
+request = "GET https://storage.googleapis.com/storage/v1/b/alpha-bucket/o"
+expect = { route = "per-bucket", boundary = "//storage.googleapis.com/projects/_/buckets/alpha-bucket", status = 0 }
+
+[[case]]
+request = "GET https://storage.googleapis.com/storage/v1/b?project=p"
+expect = { route = "per-bucket", boundary = "none", status = 403 }
+
+[[case]]
+name = "a wrong expectation"
+request = "GET https://storage.googleapis.com/storage/v1/b/beta-bucket/o"
+expect = { boundary = "//storage.googleapis.com/projects/_/buckets/alpha-bucket" }
+"#,
+    )
+    .unwrap();
+    let bin = || std::process::Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"));
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg("--tests")
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("4 cases: 3 passed, 1 failed"), "{t}");
+    assert!(
+        t.contains("boundary    expected \"//storage.googleapis.com/projects/_/buckets/alpha-bucket\", got \"//storage.googleapis.com/projects/_/buckets/beta-bucket\""),
+        "{t}"
+    );
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args([
+            "PUT",
+            "https://storage.googleapis.com/gamma-bucket/reports/x",
+        ])
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("boundary   //storage.googleapis.com/projects/_/buckets/gamma-bucket"),
+        "{t}"
+    );
+}
