@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
+use crate::control::tokens::refresh_delay;
 use crate::google::slot::{Ready, Slot};
 use crate::google::{AccessBoundary, Backoff, CredentialError, Mint, TokenRequest};
 use crate::policy::boundary::Downscoper;
@@ -129,7 +130,10 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
     slot.first_use().await;
     let request = base.request().clone();
     let target = request.target_principal().to_owned();
-    let label = format!("{request} within {}", boundary.resources());
+    // One label for every boundary over the same base token: a `{bucket}`
+    // route has a slot per bucket, and a label per bucket would be
+    // unbounded.
+    let label = format!("{request} downscoped");
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut current: Option<Ready> = None;
     let mut last_error: Option<Arc<CredentialError>> = None;
@@ -207,7 +211,12 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
                 last_error = None;
                 backoff.reset();
                 // Until the base serves another token (it refreshed), or
-                // ours (which expires with that base) runs out.
+                // ours (which expires with that base) runs out; a token
+                // STS made shorter-lived than its base is exchanged again
+                // before it expires, as a slot refreshes.
+                let early = (ready.token().expires_at() + Duration::from_secs(1)
+                    < base_token.expires_at())
+                .then(|| Instant::now() + refresh_delay(ready.token().expires_in()));
                 loop {
                     let changed = base.changed();
                     let same = base
@@ -218,6 +227,7 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
                     }
                     tokio::select! {
                         () = changed => {}
+                        () = until(early) => break,
                         () = sleep_until(ready.token().expires_at()) => break,
                     }
                 }
@@ -256,3 +266,6 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
