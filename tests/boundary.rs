@@ -504,3 +504,46 @@ expect = { boundary = "//storage.googleapis.com/projects/_/buckets/alpha-bucket"
         "{t}"
     );
 }
+
+#[tokio::test]
+async fn check_live_exchanges_each_fixed_boundary_once() {
+    let (emu, key, dir) = emulator_with_key("boundary-live").await;
+    emu.grant_token_creator(SOURCE_SA, TARGET);
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[source]\ntype = \"service_account\"\nfile = \"{}\"\n{}\n{}",
+            key.display(),
+            emulator_upstream_toml(&emu, ""),
+            tenant_a_route()
+        ),
+    )
+    .unwrap();
+    let live = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+            .args(["check", "--live", "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = live().await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("tenant-a-reports  //storage.googleapis.com/projects/_/buckets/tenant-a  ok, expires in"),
+        "{stdout}"
+    );
+    assert_eq!(emu.counters().get("sts", TARGET), 1);
+    emu.set_sts_outage(true);
+    let (code, stdout) = live().await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: sts.googleapis.com is unavailable"),
+        "{stdout}"
+    );
+}
