@@ -6,7 +6,6 @@
 //! here.
 
 mod admin;
-mod downscope;
 pub(crate) mod metadata;
 mod reload;
 pub mod tokens;

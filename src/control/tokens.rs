@@ -13,11 +13,13 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::control::downscope::Downscoped;
 use crate::google::slot::{Ready, Slot};
 use crate::google::{Backoff, CredentialError, Mint, TokenRequest};
 use crate::policy::boundary::Downscoper;
 use crate::policy::SlotSource;
+
+mod downscope;
+use downscope::Downscoped;
 
 /// First delay before a failed mint is tried again; it doubles (with
 /// jitter) up to [`RETRY_MAX`].

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::*;
-use crate::control::Registry;
+use crate::control::tokens::Registry;
 use crate::google::slot::Unavailable;
 use crate::google::Token;
 use crate::policy::SlotSource;

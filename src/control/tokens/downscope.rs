@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
-use crate::control::tokens::refresh_delay;
+use super::refresh_delay;
 use crate::google::slot::{Ready, Slot};
 use crate::google::{AccessBoundary, Backoff, CredentialError, Mint, TokenRequest};
 use crate::policy::boundary::Downscoper;
