@@ -217,6 +217,83 @@ mod tests {
         .unwrap()
     }
 
+    /// POSTs the form `pairs`; the status and the JSON answer.
+    fn exchange(state: &State, pairs: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        use std::future::Future;
+        let body = crate::google::form_encode(pairs);
+        let reply = token(state, &Method::POST, "/v1/token", body.as_bytes());
+        let status = reply.status().as_u16();
+        let mut collect = std::pin::pin!(reply.into_body().collect());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(Ok(b)) = collect.as_mut().poll(&mut cx) else {
+            panic!("a Full body is always ready");
+        };
+        (status, serde_json::from_slice(&b.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn the_grant_is_checked_as_google_checks_it() {
+        let state = State::new("vm@p.iam.gserviceaccount.com".into(), None).unwrap();
+        let (subject, _) = state.issue_access_token(
+            "sa@p.iam.gserviceaccount.com",
+            std::time::Duration::from_secs(60),
+        );
+        let options = r#"{"accessBoundary":{"accessBoundaryRules":[{"availableResource":"//storage.googleapis.com/projects/_/buckets/a","availablePermissions":["inRole:roles/storage.objectViewer"]}]}}"#;
+        let good = [
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ("subject_token", subject.as_str()),
+            ("options", options),
+        ];
+        let with = |k: &str, v: &'static str| -> Vec<(&str, &str)> {
+            good.iter()
+                .map(|&(n, x)| (n, if n == k { v } else { x }))
+                .collect()
+        };
+        let (status, body) = exchange(&state, &with("grant_type", "client_credentials"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("unsupported_grant_type"))
+        );
+        let (status, body) = exchange(
+            &state,
+            &with(
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:id_token",
+            ),
+        );
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        let (status, body) = exchange(&state, &with("options", "{}"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        let (status, body) = exchange(&state, &with("subject_token", "ya29.forged"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_grant")),
+            "{body}"
+        );
+        let (status, body) = exchange(&state, &good);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["issued_token_type"], ACCESS_TOKEN_TYPE);
+        assert_eq!(body["token_type"], "Bearer");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(
+            state.principal_of(token).as_deref(),
+            Some("sa@p.iam.gserviceaccount.com")
+        );
+        assert!(state.boundary_of(token).is_some());
+        assert!(state.boundary_of(&subject).is_none());
+    }
+
     #[test]
     fn bucket_role_and_prefix_are_enforced() {
         let b = boundary(
