@@ -547,3 +547,59 @@ async fn check_live_exchanges_each_fixed_boundary_once() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_a_fixed_boundarys_token() {
+    let (emu, key, _emu_dir) = emulator_with_key("boundary-reload").await;
+    emu.grant_token_creator(SOURCE_SA, TARGET);
+    emu.put_object("tenant-a", "reports/q3.csv", "q3 numbers");
+    let tenant = tenant_a_route().replace(
+        "name = \"tenant-a-reports\"",
+        "name = \"tenant-a-reports\"\npath_prefix = \"/storage/v1/b/tenant-a\"",
+    );
+    let toml = format!(
+        "[source]\ntype = \"service_account\"\nfile = \"{}\"\n{}\n{tenant}{}",
+        key.display(),
+        emulator_upstream_toml(&emu, ""),
+        per_bucket_route()
+    );
+    let (cfg, dir) = config_with_ca("boundary-reload", &toml);
+    let (proxy, reloader) = start_reloadable(cfg, dir).await;
+    let w = EmuWorldRef { proxy: &proxy };
+    let both = || async {
+        let (a, _) = w
+            .call("/storage/v1/b/tenant-a/o/reports%2Fq3.csv?alt=media")
+            .await;
+        let (b, _) = w
+            .call("/storage/v1/b/alpha-bucket/o/hello.txt?alt=media")
+            .await;
+        (a, b)
+    };
+    assert_eq!(both().await, (StatusCode::OK, StatusCode::OK));
+    assert_eq!(emu.counters().get("sts", TARGET), 2);
+    reloader.reload().unwrap();
+    assert_eq!(both().await, (StatusCode::OK, StatusCode::OK));
+    // The fixed boundary's slot survived the reload: its token was not
+    // exchanged again. (The bucket table starts afresh: alpha-bucket is
+    // exchanged again unless the old table was still held.)
+    let tenant_tokens = emu
+        .downscoped_tokens()
+        .iter()
+        .filter(|t| t.boundary.resources().ends_with("/buckets/tenant-a"))
+        .count();
+    assert_eq!(tenant_tokens, 1);
+}
+
+/// [`call`] for a proxy outside an [`EmuWorld`].
+struct EmuWorldRef<'a> {
+    proxy: &'a TestProxy,
+}
+
+impl EmuWorldRef<'_> {
+    async fn call(&self, path: &str) -> (StatusCode, String) {
+        let mut c = client(self.proxy, STORAGE, false).await;
+        let resp = c.send(for_version(get(STORAGE, path), false)).await;
+        let status = resp.status();
+        (status, body_string(resp).await)
+    }
+}
