@@ -1,8 +1,9 @@
 //! The per-request hot path: route lookup (`RouteTable::find`) plus token
 //! injection (`inject::apply`) against its floor, one hash-map get and one
 //! `HeaderMap::insert` on the same request headers. The match is the last
-//! rule of a table of 1, 100 or 1,000 rules; `miss` is a host no rule
-//! matches. After criterion's report, the cases run again interleaved in
+//! rule of a table of 1, 100 or 1,000 rules; `bucket_1000` the same with
+//! that rule downscoping per bucket (`{bucket}`, the bucket's slot warm);
+//! `miss` is a host no rule matches. After criterion's report, the cases run again interleaved in
 //! rounds and the medians are printed as ratios to the baseline.
 //!
 //! `cargo bench --bench inject -- --warm-up-time 1 --measurement-time 3`
@@ -30,6 +31,19 @@ fn inject(table: &RouteTable, host: &str, headers: &mut HeaderMap) -> bool {
     }
 }
 
+/// One injection through a `{bucket}` route whose bucket's slot is warm.
+#[inline]
+fn inject_bucket(table: &RouteTable, host: &str, headers: &mut HeaderMap) -> bool {
+    let mut boundary = None;
+    match table.find(host, &METHOD, PATH) {
+        Some(route) => matches!(
+            inject::apply_at(&route.action, headers, host, PATH, &mut boundary),
+            Outcome::Forward
+        ),
+        None => false,
+    }
+}
+
 /// The floor: the token looked up by host in a std `HashMap` and inserted.
 #[inline]
 fn baseline(map: &HashMap<&str, HeaderValue>, host: &str, headers: &mut HeaderMap) -> bool {
@@ -45,6 +59,8 @@ fn baseline(map: &HashMap<&str, HeaderValue>, host: &str, headers: &mut HeaderMa
 struct Cases {
     map: HashMap<&'static str, HeaderValue>,
     tables: Vec<(&'static str, Fixture)>,
+    /// 1,000 rules, the last a `{bucket}` route.
+    bucket: Fixture,
 }
 
 impl Cases {
@@ -62,7 +78,11 @@ impl Cases {
             .chain([HOST, "pubsub.googleapis.com"])
             .collect();
         let map = hosts.into_iter().map(|h| (h, token.clone())).collect();
-        Cases { map, tables }
+        Cases {
+            map,
+            tables,
+            bucket: Fixture::per_bucket(1000),
+        }
     }
 
     /// Runs case `name` `iters` times on `headers`.
@@ -71,6 +91,12 @@ impl Cases {
             "baseline" => {
                 for _ in 0..iters {
                     black_box(baseline(&self.map, black_box(HOST), headers));
+                }
+            }
+            "bucket_1000" => {
+                let table = &self.bucket.table;
+                for _ in 0..iters {
+                    black_box(inject_bucket(table, black_box(HOST), headers));
                 }
             }
             "miss" => {
@@ -98,7 +124,14 @@ impl Cases {
     }
 }
 
-const CASES: [&str; 5] = ["baseline", "route_1", "route_100", "route_1000", "miss"];
+const CASES: [&str; 6] = [
+    "baseline",
+    "route_1",
+    "route_100",
+    "route_1000",
+    "bucket_1000",
+    "miss",
+];
 
 fn criterion_cases(c: &mut Criterion, cases: &Cases) {
     let mut g = c.benchmark_group("inject");

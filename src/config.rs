@@ -246,6 +246,10 @@ pub struct RouteConfig {
     /// signature lets the client mint its own access tokens.
     #[serde(default)]
     pub allow_token_assertions: bool,
+    /// A Credential Access Boundary: the route's token is exchanged at STS
+    /// for one limited to these rules (Cloud Storage routes only).
+    #[serde(default)]
+    pub access_boundary: Option<Vec<BoundaryRuleConfig>>,
     /// `"deny"` or `"passthrough"` instead of a credential.
     #[serde(default)]
     pub action: Option<RouteActionConfig>,
@@ -273,6 +277,21 @@ pub struct IdTokenConfig {
     /// Delegate chain, in order.
     #[serde(default)]
     pub delegates: Vec<String>,
+}
+
+/// One `access_boundary` rule: `{ resource, permissions, condition }`.
+/// `{bucket}` in `resource` or `condition` stands for the bucket each
+/// request addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundaryRuleConfig {
+    /// `//storage.googleapis.com/projects/_/buckets/BUCKET`.
+    pub resource: String,
+    /// `inRole:roles/…` entries.
+    pub permissions: Vec<String>,
+    /// A CEL expression, e.g. `resource.name.startsWith('projects/_/buckets/B/objects/reports/')`.
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 /// `action = …` for routes without a credential.

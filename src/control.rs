@@ -214,4 +214,13 @@ impl Mint for LateSource {
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async move { self.minter()?.mint_token(req).await })
     }
+
+    fn downscope<'a>(
+        &'a self,
+        req: &'a TokenRequest,
+        base: &'a Token,
+        boundary: &'a crate::google::AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async move { self.minter()?.downscope_token(req, base, boundary).await })
+    }
 }

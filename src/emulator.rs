@@ -1,9 +1,9 @@
 //! A local stand-in for the Google endpoints the proxy talks to — the OAuth
-//! token endpoint, IAM Credentials (tokens, `signBlob`, `signJwt`), the
-//! public certificates of service account keys, a small Cloud Storage API
-//! (JSON, media download, the three upload protocols, V4 signed URLs),
-//! Pub/Sub's gRPC `Publish`, and the metadata server — speaking their wire
-//! formats over real TCP and TLS.
+//! token endpoint, IAM Credentials (tokens, `signBlob`, `signJwt`), STS
+//! (downscoping), the public certificates of service account keys, a small
+//! Cloud Storage API (JSON, media download, the three upload protocols, V4
+//! signed URLs), Pub/Sub's gRPC `Publish`, and the metadata server —
+//! speaking their wire formats over real TCP and TLS.
 //! The offline `demo` command and the tests point the proxy at it with
 //! [`Emulator::upstream_config`], exactly as a user would configure
 //! `[upstream]`.
@@ -19,6 +19,7 @@ mod serve;
 mod sign;
 mod state;
 mod storage;
+mod sts;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,12 +40,13 @@ use state::{key_id, State, FIXTURE_KEY_PEM};
 
 /// The hosts the TLS listener answers for (its certificate also covers
 /// `*.googleapis.com`).
-pub const HOSTS: [&str; 5] = [
+pub const HOSTS: [&str; 6] = [
     "oauth2.googleapis.com",
     "iamcredentials.googleapis.com",
     "storage.googleapis.com",
     "pubsub.googleapis.com",
     "www.googleapis.com",
+    "sts.googleapis.com",
 ];
 
 /// The emulator could not start.
@@ -88,7 +90,8 @@ impl Default for EmulatorOptions {
 
 /// Calls the emulator received, by endpoint and principal. Endpoints:
 /// `token`, `generateAccessToken`, `generateIdToken`, `signBlob`,
-/// `signJwt` (by target), `storage` and `pubsub` (by caller),
+/// `signJwt` (by target), `sts` (by the subject token's principal;
+/// `sts.outage` while it is down), `storage` and `pubsub` (by caller),
 /// `storage.signed_url` (by signer), `metadata.token`,
 /// `metadata.identity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,6 +138,9 @@ pub struct DataCall {
     /// (the call that completed it) or `signed_url` (a PUT on a V4 signed
     /// URL); empty otherwise.
     pub upload_type: &'static str,
+    /// For a Storage call with a downscoped token, the resources of its
+    /// Credential Access Boundary (comma-separated).
+    pub boundary: Option<String>,
 }
 
 /// A message published to the emulated Pub/Sub.
@@ -156,10 +162,26 @@ pub struct PublishedMessage {
 /// A token the emulator issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedToken {
-    /// The account it was issued to (service account or user email).
+    /// The account it was issued to (service account or user email); for
+    /// a downscoped token, its subject token's.
     pub principal: String,
     /// When it stops being accepted.
     pub expire_time: std::time::SystemTime,
+    /// The Credential Access Boundary of a token STS downscoped.
+    pub boundary: Option<crate::google::AccessBoundary>,
+}
+
+/// A downscoped token STS issued: the token, its base principal and its
+/// boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DownscopedToken {
+    /// The token itself (a test fixture's secret).
+    pub token: String,
+    /// The principal of the token it was exchanged for.
+    pub principal: String,
+    /// Its Credential Access Boundary.
+    pub boundary: crate::google::AccessBoundary,
 }
 
 /// A running emulator. Dropping it stops its listeners.
@@ -376,7 +398,29 @@ impl Emulator {
         Some(IssuedToken {
             principal: issued.principal.clone(),
             expire_time: issued.expires,
+            boundary: issued.boundary.clone(),
         })
+    }
+
+    /// Every downscoped token STS issued (expired or not).
+    pub fn downscoped_tokens(&self) -> Vec<DownscopedToken> {
+        let inner = self.state.lock();
+        inner
+            .issued
+            .iter()
+            .filter_map(|(token, i)| {
+                Some(DownscopedToken {
+                    token: token.clone(),
+                    principal: i.principal.clone(),
+                    boundary: i.boundary.clone()?,
+                })
+            })
+            .collect()
+    }
+
+    /// While on, STS answers 503 to everything.
+    pub fn set_sts_outage(&self, on: bool) {
+        self.state.lock().sts_outage = on;
     }
 
     /// Writes a service account key file for `email` into `dir` (its

@@ -11,6 +11,7 @@ pub mod preflight;
 pub mod sign;
 pub mod slot;
 pub mod source;
+pub mod sts;
 mod token;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use crate::net::{ForwardError, Outbound, ProxyBody};
 
 pub use error::CredentialError;
 pub use source::{AdcEnv, SourceCredential};
+pub use sts::AccessBoundary;
 pub(crate) use token::{principal_email, resource_name};
 pub use token::{Token, TokenKind, TokenRequest};
 
@@ -49,6 +51,25 @@ pub trait Mint: Send + Sync + 'static {
         &'a self,
         req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>>;
+
+    /// Exchanges `base` (a token for `req`) at STS for one limited to
+    /// `boundary`. A minter that cannot reach STS refuses.
+    fn downscope<'a>(
+        &'a self,
+        req: &'a TokenRequest,
+        base: &'a Token,
+        boundary: &'a AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        let _ = (base, boundary);
+        Box::pin(async move {
+            Err(CredentialError::InvalidRequest {
+                message: format!(
+                    "this minter cannot downscope the token for {}",
+                    req.target_principal()
+                ),
+            })
+        })
+    }
 }
 
 /// The production minter: a source credential, its cached token, and the
@@ -134,6 +155,17 @@ impl Minter {
         let bearer = self.source.token(&self.http).await?;
         sign::sign_jwt(&self.http, &bearer, target, delegates, claims).await
     }
+
+    /// Exchanges `base` (a token for `req`) at STS for one limited to
+    /// `boundary`.
+    pub async fn downscope_token(
+        &self,
+        req: &TokenRequest,
+        base: &Token,
+        boundary: &AccessBoundary,
+    ) -> Result<Token, CredentialError> {
+        sts::exchange(&self.http, req.target_principal(), base, boundary).await
+    }
 }
 
 impl Mint for Minter {
@@ -142,6 +174,15 @@ impl Mint for Minter {
         req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(self.mint_token(req))
+    }
+
+    fn downscope<'a>(
+        &'a self,
+        req: &'a TokenRequest,
+        base: &'a Token,
+        boundary: &'a AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(self.downscope_token(req, base, boundary))
     }
 }
 
@@ -153,6 +194,18 @@ pub async fn mint_once(cfg: &Config, req: &TokenRequest) -> Result<Token, Creden
     Minter::from_config(cfg, &AdcEnv::from_process())?
         .mint_token(req)
         .await
+}
+
+/// [`mint_once`], then the STS exchange for a token limited to `boundary`
+/// (the `token --access-boundary` command).
+pub async fn downscope_once(
+    cfg: &Config,
+    req: &TokenRequest,
+    boundary: &AccessBoundary,
+) -> Result<Token, CredentialError> {
+    let minter = Minter::from_config(cfg, &AdcEnv::from_process())?;
+    let base = minter.mint_token(req).await?;
+    minter.downscope_token(req, &base, boundary).await
 }
 
 /// The upstream client as the credential code uses it: small buffered

@@ -87,6 +87,10 @@ enum Command {
         /// domain-wide delegation: signJwt, then the JWT-bearer grant).
         #[arg(long, value_name = "USER", conflicts_with = "id_token")]
         subject: Option<String>,
+        /// Exchange the token at STS for one limited to this Credential
+        /// Access Boundary (Google's JSON: {"accessBoundary":{"accessBoundaryRules":[…]}}).
+        #[arg(long, value_name = "FILE.json", conflicts_with_all = ["id_token", "sign_blob", "sign_jwt"])]
+        access_boundary: Option<PathBuf>,
         /// Use [source] and [upstream] from this config (default: ADC).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
             scopes,
             lifetime,
             id_token,
+            access_boundary,
             sign_blob,
             sign_jwt,
             subject,
@@ -226,6 +231,7 @@ fn main() -> ExitCode {
                 &scopes,
                 &lifetime,
                 mode,
+                access_boundary.as_deref(),
                 config.as_deref(),
             )
         }
@@ -407,11 +413,64 @@ fn check_live(cfg: &Config, rules: &[impersonate_proxy::policy::routes::RuleSpec
         source.describe()
     );
     print!("{}", preflight::Table(&checks));
-    if checks.iter().all(preflight::RouteCheck::ok) {
+    let boundaries_ok = rt.block_on(check_live_boundaries(cfg, rules));
+    if checks.iter().all(preflight::RouteCheck::ok) && boundaries_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `check --live` for routes with a fixed `access_boundary`: their token
+/// exchanged once at STS (a `{bucket}` route's boundary depends on the
+/// request, so only its base token is checked). Whether all succeeded.
+async fn check_live_boundaries(
+    cfg: &Config,
+    rules: &[impersonate_proxy::policy::routes::RuleSpec],
+) -> bool {
+    use impersonate_proxy::google::{AdcEnv, Minter};
+    use impersonate_proxy::policy::routes::ActionSpec;
+    let fixed: Vec<_> = rules
+        .iter()
+        .filter_map(|r| match &r.action {
+            ActionSpec::Inject {
+                request,
+                boundary: Some(b),
+                ..
+            } if !b.per_bucket() => Some((&r.name, request, b.render(""))),
+            _ => None,
+        })
+        .collect();
+    if fixed.is_empty() {
+        return true;
+    }
+    let minter = match Minter::from_config(cfg, &AdcEnv::from_process()) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("\nlive: access boundaries not checked: {e}");
+            return false;
+        }
+    };
+    println!("\nlive: exchanging each access_boundary route's token at STS once");
+    let mut ok = true;
+    for (route, request, boundary) in fixed {
+        let result = match minter.mint_token(request).await {
+            Ok(base) => minter.downscope_token(request, &base, &boundary).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(t) => println!(
+                "  {route}  {}  ok, expires in {}s",
+                boundary.resources(),
+                t.expires_in().as_secs()
+            ),
+            Err(e) => {
+                ok = false;
+                println!("  {route}  {}  FAILED: {e}", boundary.resources());
+            }
+        }
+    }
+    ok
 }
 
 /// The config, checked, and its route table with slots that never mint.
@@ -558,6 +617,9 @@ fn render(d: &Decision) -> String {
         if let Some(a) = &s.audience {
             let _ = writeln!(o, "  audience   {a}");
         }
+        if let Some(b) = &s.boundary {
+            let _ = writeln!(o, "  boundary   {b}");
+        }
     }
     match (d.status, &d.message) {
         (Some(s), Some(m)) => {
@@ -599,6 +661,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         id_token: None,
         sign_as: None,
         allow_token_assertions: false,
+        access_boundary: None,
         action: None,
         authorization: Default::default(),
         warm: false,
@@ -731,9 +794,20 @@ fn token(
     scopes: &[String],
     lifetime: &str,
     mode: TokenMode,
+    access_boundary: Option<&Path>,
     config: Option<&Path>,
 ) -> ExitCode {
-    use impersonate_proxy::google::{mint_once, TokenRequest};
+    use impersonate_proxy::google::{downscope_once, mint_once, AccessBoundary, TokenRequest};
+    let boundary = match access_boundary {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| AccessBoundary::from_json(&t))
+        {
+            Ok(b) => Some(b),
+            Err(e) => return fail(2, format!("--access-boundary {}: {e}", p.display())),
+        },
+    };
     let cfg = match config {
         Some(p) => match load(p) {
             Ok(c) => c,
@@ -783,7 +857,11 @@ fn token(
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(mint_once(&cfg, &request)) {
+    let minted = match &boundary {
+        Some(b) => rt.block_on(downscope_once(&cfg, &request, b)),
+        None => rt.block_on(mint_once(&cfg, &request)),
+    };
+    match minted {
         Ok(token) => {
             println!("{}", token.expose_secret());
             ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 //! ([`egress`]), the route table ([`routes`]), and the hot path that puts a
 //! route's credential on a request ([`inject`]).
 
+pub mod boundary;
 pub mod cases;
 pub(crate) mod clients;
 mod compile;
@@ -26,6 +27,11 @@ use crate::google::TokenRequest;
 pub trait SlotSource {
     /// The slot for `request`; with `warm`, its first mint starts now.
     fn slot(&self, request: TokenRequest, warm: bool) -> Slot;
+
+    /// Where downscoped slots (`access_boundary`) come from.
+    fn downscoper(&self) -> std::sync::Arc<dyn boundary::Downscoper> {
+        std::sync::Arc::new(Unminted)
+    }
 }
 
 /// Slots that are never minted: for compiling a policy only to look at

@@ -12,9 +12,10 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use impersonate_proxy::control::Registry;
-use impersonate_proxy::google::{CredentialError, Mint, Token, TokenRequest};
+use impersonate_proxy::google::{AccessBoundary, CredentialError, Mint, Token, TokenRequest};
 use impersonate_proxy::policy::compile_rules;
-use impersonate_proxy::policy::routes::{Action, RouteTable};
+use impersonate_proxy::policy::inject::{self, Outcome};
+use impersonate_proxy::policy::routes::RouteTable;
 use impersonate_proxy::Config;
 
 /// The request every case looks up (`miss` aside).
@@ -34,7 +35,24 @@ impl Mint for Fixed {
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async { Ok(Token::new("ya29.bench-token", Duration::from_secs(3600))) })
     }
+
+    fn downscope<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+        _base: &'a Token,
+        _boundary: &'a AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async {
+            Ok(Token::new(
+                "ya29.bench-downscoped",
+                Duration::from_secs(3600),
+            ))
+        })
+    }
 }
+
+/// The `{bucket}` boundary the per-bucket fixture's last route carries.
+pub const BUCKET_BOUNDARY: &str = "access_boundary = [{ resource = \"//storage.googleapis.com/projects/_/buckets/{bucket}\", permissions = [\"inRole:roles/storage.objectViewer\"] }]";
 
 /// `n` rules; the last one is the first to match [`HOST`] `GET` [`PATH`].
 /// The others cycle through what large configs hold: one rule per API host,
@@ -90,14 +108,23 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(n: usize, quota_project: bool) -> Fixture {
+        Fixture::build(rules_toml(n, quota_project))
+    }
+
+    /// [`Fixture::new`] whose matched route downscopes its token per
+    /// bucket ([`BUCKET_BOUNDARY`]); the request's bucket's slot is warm.
+    pub fn per_bucket(n: usize) -> Fixture {
+        Fixture::build(format!("{}{BUCKET_BOUNDARY}\n", rules_toml(n, false)))
+    }
+
+    fn build(toml: String) -> Fixture {
         // Current-thread: the refreshers only run inside `block_on`, so
         // nothing runs (or allocates) behind the measured loop.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let cfg = Config::parse(Path::new("bench.toml"), &rules_toml(n, quota_project))
-            .expect("bench config parses");
+        let cfg = Config::parse(Path::new("bench.toml"), &toml).expect("bench config parses");
         let specs = compile_rules(&cfg).expect("bench rules compile");
         let (registry, table, token) = rt.block_on(async {
             let registry = Registry::new(Arc::new(Fixed));
@@ -106,9 +133,10 @@ impl Fixture {
                 .find(HOST, &METHOD, PATH)
                 .expect("the last rule matches");
             assert_eq!(&*route.name, "prod-data-reader");
-            let token = match &route.action {
-                Action::Inject { slot, .. } => slot.get().await.expect("minted"),
-                _ => unreachable!("the bench route injects"),
+            let mut headers = HeaderMap::new();
+            let token = match inject::apply_at(&route.action, &mut headers, HOST, PATH, &mut None) {
+                Outcome::Minting(slot) => slot.get().await.expect("minted"),
+                _ => unreachable!("the bench route injects, and its slot is not minted yet"),
             };
             (registry, table, token)
         });

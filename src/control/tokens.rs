@@ -15,7 +15,11 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::google::slot::{Ready, Slot};
 use crate::google::{Backoff, CredentialError, Mint, TokenRequest};
+use crate::policy::boundary::Downscoper;
 use crate::policy::SlotSource;
+
+mod downscope;
+use downscope::Downscoped;
 
 /// First delay before a failed mint is tried again; it doubles (with
 /// jitter) up to [`RETRY_MAX`].
@@ -144,6 +148,8 @@ pub struct Registry {
     minter: Arc<dyn Mint>,
     runtime: Handle,
     slots: Mutex<HashMap<TokenRequest, Entry>>,
+    /// Slots of tokens downscoped to an access boundary, over these.
+    downscoped: Arc<Downscoped>,
 }
 
 struct Entry {
@@ -170,6 +176,7 @@ impl Registry {
     /// Outside a Tokio runtime.
     pub fn new(minter: Arc<dyn Mint>) -> Registry {
         Registry {
+            downscoped: Arc::new(Downscoped::new(minter.clone(), Handle::current())),
             minter,
             runtime: Handle::current(),
             slots: Mutex::new(HashMap::new()),
@@ -244,6 +251,11 @@ impl Registry {
         true
     }
 
+    /// How many downscoped slots (`access_boundary`) exist.
+    pub fn downscoped_slots(&self) -> usize {
+        self.downscoped.len()
+    }
+
     /// Every slot, for health and metrics.
     pub fn slots(&self) -> Vec<Slot> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,6 +267,10 @@ impl SlotSource for Registry {
     fn slot(&self, request: TokenRequest, warm: bool) -> Slot {
         Registry::slot(self, request, warm)
     }
+
+    fn downscoper(&self) -> Arc<dyn Downscoper> {
+        self.downscoped.clone()
+    }
 }
 
 impl Drop for Registry {
@@ -263,6 +279,7 @@ impl Drop for Registry {
         for e in slots.values() {
             e.refresher.abort();
         }
+        self.downscoped.stop();
     }
 }
 

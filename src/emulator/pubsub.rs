@@ -165,6 +165,7 @@ pub(crate) fn handle(
         messages: ids.len() as u64,
         http_version: super::storage::http_version(parts.version),
         upload_type: "",
+        boundary: None,
     });
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(Code::Ok as u16));

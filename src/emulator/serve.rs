@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::state::State;
-use super::{google_error, iam, metadata, oauth, pubsub, sign, storage};
+use super::{google_error, iam, metadata, oauth, pubsub, sign, storage, sts};
 
 /// A request body the emulator reads whole: uploads in the client tests
 /// are a few MiB.
@@ -68,8 +68,18 @@ async fn google(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
         "storage.googleapis.com" if sign::is_signed_url(&parts) => {
             sign::signed_url(&state, &host, &parts, body)
         }
+        "sts.googleapis.com" => sts::token(&state, &parts.method, path, &body),
         "storage.googleapis.com" => {
-            storage::handle(&state, &host, &parts, body, caller, token.is_some())
+            let boundary = token.and_then(|t| state.boundary_of(t));
+            storage::handle(
+                &state,
+                &host,
+                &parts,
+                body,
+                caller,
+                token.is_some(),
+                boundary,
+            )
         }
         "pubsub.googleapis.com" if pubsub::is_grpc(&parts) => {
             return Ok(pubsub::handle(&state, &parts, &body, caller).map(Either::Right));

@@ -365,6 +365,7 @@ pub(crate) fn signed_url(state: &State, host: &str, parts: &Parts, body: Bytes) 
             messages: 0,
             http_version,
             upload_type,
+            boundary: None,
         });
     };
     match parts.method {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::{DataCall, PublishedMessage};
 use crate::google::jwt::{unix, SigningKey};
+use crate::google::sts::AccessBoundary;
 
 /// The one RSA key every emulated service account key file holds, and that
 /// signs the emulator's ID tokens. A public test fixture committed on
@@ -45,6 +46,8 @@ pub(crate) struct Resumable {
 pub(crate) struct Issued {
     pub(crate) principal: String,
     pub(crate) expires: SystemTime,
+    /// The Credential Access Boundary of a token STS downscoped.
+    pub(crate) boundary: Option<AccessBoundary>,
 }
 
 pub(crate) struct Inner {
@@ -59,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) issued: HashMap<String, Issued>,
     pub(crate) counters: BTreeMap<(String, String), u64>,
     pub(crate) outage: bool,
+    /// While set, STS answers 503 to everything.
+    pub(crate) sts_outage: bool,
     pub(crate) lifetime_cap: Option<Duration>,
     /// The metadata server's cached token per scope list.
     pub(crate) metadata_tokens: HashMap<String, (String, SystemTime, Duration)>,
@@ -102,6 +107,7 @@ impl State {
                 issued: HashMap::new(),
                 counters: BTreeMap::new(),
                 outage: false,
+                sts_outage: false,
                 lifetime_cap,
                 metadata_tokens: HashMap::new(),
                 objects: BTreeMap::new(),
@@ -175,9 +181,45 @@ impl State {
             Issued {
                 principal: principal.to_owned(),
                 expires,
+                boundary: None,
             },
         );
         (token, expires)
+    }
+
+    /// Issues a downscoped access token for `principal`, limited to
+    /// `boundary`, expiring at `expires` (its subject's expiry).
+    pub(crate) fn issue_downscoped(
+        &self,
+        principal: &str,
+        expires: SystemTime,
+        boundary: AccessBoundary,
+    ) -> (String, SystemTime) {
+        let token = format!(
+            "ya29.emu-downscoped-{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        );
+        self.lock().issued.insert(
+            token.clone(),
+            Issued {
+                principal: principal.to_owned(),
+                expires,
+                boundary: Some(boundary),
+            },
+        );
+        (token, expires)
+    }
+
+    /// The boundary of a still-valid downscoped token.
+    pub(crate) fn boundary_of(&self, token: &str) -> Option<AccessBoundary> {
+        let inner = self.lock();
+        let issued = inner.issued.get(token)?;
+        if issued.expires > SystemTime::now() {
+            issued.boundary.clone()
+        } else {
+            None
+        }
     }
 
     /// Issues a signed ID token (RS256 JWT) for `principal`.
@@ -203,6 +245,7 @@ impl State {
             Issued {
                 principal: principal.to_owned(),
                 expires: now + lifetime,
+                boundary: None,
             },
         );
         Ok(token)

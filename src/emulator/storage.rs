@@ -20,7 +20,8 @@ use http::{header, request::Parts, HeaderValue, Method, StatusCode, Version};
 
 pub(crate) use super::crc32c::crc32c;
 use super::state::{Object, State};
-use super::{google_error, json, DataCall, Reply};
+use super::{google_error, json, sts, DataCall, Reply};
+use crate::google::AccessBoundary;
 
 /// The object every bucket holds until an upload replaces it.
 const HELLO: (&str, &[u8]) = ("hello.txt", b"hello\n");
@@ -31,6 +32,8 @@ struct Call<'a> {
     host: &'a str,
     principal: String,
     http_version: &'static str,
+    /// The resources of a downscoped token's boundary.
+    boundary: Option<String>,
 }
 
 impl Call<'_> {
@@ -49,6 +52,7 @@ impl Call<'_> {
             messages: 0,
             http_version: self.http_version,
             upload_type,
+            boundary: self.boundary.clone(),
         });
     }
 }
@@ -87,6 +91,7 @@ pub(crate) fn handle(
     body: Bytes,
     caller: Option<String>,
     had_bearer: bool,
+    boundary: Option<AccessBoundary>,
 ) -> Reply {
     let path = parts.uri.path();
     let (kind, rest) = if let Some(r) = path.strip_prefix("/upload/storage/v1/b/") {
@@ -118,14 +123,22 @@ pub(crate) fn handle(
         };
     };
     state.count("storage", &principal);
+    let query = super::form_decode(parts.uri.query().unwrap_or_default().as_bytes());
+    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if let Some(b) = &boundary {
+        if let Some(denied) =
+            outside_boundary(state, &principal, b, &parts.method, kind, &target, param)
+        {
+            return denied;
+        }
+    }
     let call = Call {
         state,
         host,
         principal,
         http_version: http_version(parts.version),
+        boundary: boundary.as_ref().map(AccessBoundary::resources),
     };
-    let query = super::form_decode(parts.uri.query().unwrap_or_default().as_bytes());
-    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     match (&parts.method, kind, target) {
         (&Method::GET, "json", Target::Bucket(bucket)) => {
             let seen = seen(&call, parts);
@@ -160,6 +173,47 @@ pub(crate) fn handle(
     }
 }
 
+/// Google's 403 for a call a downscoped token's boundary does not allow,
+/// or `None` when it allows it (or the call is not one Storage serves).
+fn outside_boundary<'q>(
+    state: &State,
+    principal: &str,
+    boundary: &AccessBoundary,
+    method: &Method,
+    kind: &str,
+    target: &Target<'_>,
+    param: impl Fn(&str) -> Option<&'q str>,
+) -> Option<Reply> {
+    let (permission, bucket, object, what) = match (method, kind, target) {
+        (&Method::GET, "json", Target::Bucket(b)) => ("storage.buckets.get", *b, None, "bucket"),
+        (&Method::GET, "json", Target::Objects(b)) => ("storage.objects.list", *b, None, "bucket"),
+        (&Method::GET, "json" | "download", Target::Object(b, o)) => {
+            ("storage.objects.get", *b, Some(o.clone()), "object")
+        }
+        (&Method::POST | &Method::PUT, "upload", Target::Objects(b)) => {
+            let name = match param("upload_id") {
+                Some(id) => state.lock().uploads.get(id).map(|u| u.name.clone()),
+                None => param("name").map(str::to_owned),
+            };
+            (
+                "storage.objects.create",
+                *b,
+                Some(name.unwrap_or_default()),
+                "object",
+            )
+        }
+        _ => return None,
+    };
+    if sts::allows(boundary, permission, bucket, object.as_deref()) {
+        return None;
+    }
+    Some(google_error(
+        403,
+        "PERMISSION_DENIED",
+        &format!("{principal} does not have {permission} access to the Google Cloud Storage {what}. Permission '{permission}' denied on resource (or it may not exist)."),
+    ))
+}
+
 /// The `emulator` echo: who called, and how.
 fn seen(call: &Call<'_>, parts: &Parts) -> serde_json::Value {
     serde_json::json!({
@@ -168,6 +222,7 @@ fn seen(call: &Call<'_>, parts: &Parts) -> serde_json::Value {
         "path": parts.uri.path(),
         "httpVersion": format!("{:?}", parts.version),
         "userProject": parts.headers.get("x-goog-user-project").and_then(|v| v.to_str().ok()),
+        "accessBoundary": call.boundary,
         "proxyHeaders": parts.headers.keys().any(|k| k.as_str().starts_with("proxy-")),
     })
 }

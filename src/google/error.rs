@@ -118,6 +118,17 @@ pub enum CredentialError {
         /// When the token expired.
         ended: std::time::SystemTime,
     },
+    /// STS refused to exchange the target's token for a downscoped one (a
+    /// 4xx other than 429); `message` is Google's text, verbatim.
+    #[error("STS refused to downscope the token for {target} (HTTP {status}): {message}; check the route's access_boundary (Cloud Storage buckets, inRole: permissions, a CEL condition)")]
+    Sts {
+        /// The target principal (email).
+        target: String,
+        /// The HTTP status STS answered with.
+        status: u16,
+        /// Google's error message.
+        message: String,
+    },
     /// The cached token for the target expired and no refresh succeeded.
     #[error("the token for {target} expired and could not be refreshed{}", expired_cause(.cause))]
     Expired {
@@ -170,6 +181,7 @@ impl CredentialError {
             CredentialError::NoCredentials { .. } => "no_credentials",
             CredentialError::BadResponse { .. } => "bad_response",
             CredentialError::InvalidRequest { .. } => "invalid_request",
+            CredentialError::Sts { .. } => "sts_refused",
             CredentialError::Expired { .. } => "expired",
             CredentialError::Released { .. } => "released",
             CredentialError::Delegation { .. } => "delegation_refused",

@@ -211,6 +211,22 @@ impl Slot {
         }
     }
 
+    /// The token served now, if any (for a downscoped slot built on this
+    /// one).
+    pub(crate) fn current_token(&self) -> Option<Token> {
+        match &**self.0.state.load() {
+            State::Fresh(r) | State::Refreshing { ready: r, .. } => Some(r.token.clone()),
+            _ => None,
+        }
+    }
+
+    /// Completes at the first state change after the call (a `Notified`
+    /// receives `notify_waiters` from its creation on, polled or not), so
+    /// take it *before* looking at the state.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.changed.notified()
+    }
+
     /// What the slot is for.
     pub fn request(&self) -> &TokenRequest {
         &self.0.request

@@ -293,6 +293,9 @@ pub(crate) struct Record {
     /// A `sign_as` request's IAM method (`signBlob` / `signJwt`), written
     /// as `sign` (omitted when `None`); the account is `target_principal`.
     pub sign: Option<&'static str>,
+    /// The resources of the access boundary the injected token carries
+    /// (omitted when `None`); never the token.
+    pub boundary: Option<Arc<str>>,
     pub status: u16,
     /// Written as `duration_ms`, to the microsecond.
     pub duration: std::time::Duration,
@@ -326,6 +329,7 @@ impl Record {
             acting_as: None,
             audience: None,
             sign: None,
+            boundary: None,
             status: 0,
             duration: std::time::Duration::ZERO,
             bytes_in: 0,
@@ -408,6 +412,10 @@ impl Record {
         if let Some(audience) = &self.audience {
             out.extend_from_slice(b",\"audience\":");
             json_str(out, audience);
+        }
+        if let Some(boundary) = &self.boundary {
+            out.extend_from_slice(b",\"boundary\":");
+            json_str(out, boundary);
         }
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));

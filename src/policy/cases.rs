@@ -69,6 +69,9 @@ pub struct Expect {
     pub client: Option<String>,
     /// The report-mode denies (`enforce = false`) passed over, in order.
     pub would_deny: Option<Vec<String>>,
+    /// The resources of the access boundary the token is downscoped to
+    /// (`"none"`: not downscoped).
+    pub boundary: Option<String>,
 }
 
 /// A tests file that cannot be run: the message names the case and key.
@@ -175,6 +178,11 @@ fn compare(e: &Expect, d: &Decision) -> Vec<String> {
         slot.and_then(|s| s.audience.clone()).unwrap_or_else(none),
     );
     field("client", &e.client, d.client.clone().unwrap_or_else(none));
+    field(
+        "boundary",
+        &e.boundary,
+        slot.and_then(|s| s.boundary.clone()).unwrap_or_else(none),
+    );
     let status = d.status.unwrap_or(0);
     if e.status.is_some_and(|s| s != status) {
         let got = match (d.status, &d.message) {

@@ -13,6 +13,7 @@ use crate::config::{
 };
 use crate::google::{principal_email, TokenKind, TokenRequest};
 use crate::net::{parse_cidr, parse_client_host, HostPattern, NoProxy};
+use crate::policy::boundary;
 use crate::policy::clients::{ClientError, Clients};
 use crate::policy::egress::Egress;
 use crate::policy::routes::{ActionSpec, RouteTable, RuleSpec};
@@ -344,17 +345,29 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         } else {
             request.time_boxed()
         };
+        let boundary = r
+            .access_boundary
+            .as_deref()
+            .map(|rules| boundary::check(rules, &hosts, &key))
+            .transpose()?;
         ActionSpec::Inject {
             request,
             authorization: r.authorization,
             quota_project: r.quota_project.clone(),
             warm: r.warm,
+            boundary,
         }
     } else if let Some(id) = &r.id_token {
         if !r.scopes.is_empty() || r.lifetime.is_some() || !r.delegates.is_empty() {
             return Err(ConfigError::invalid(
                 key("id_token"),
                 "an ID token route takes its delegates inside id_token = { … }; scopes and lifetime do not apply",
+            ));
+        }
+        if r.access_boundary.is_some() {
+            return Err(ConfigError::invalid(
+                key("access_boundary"),
+                "applies to impersonate routes only: STS downscopes access tokens, and an ID token cannot carry a boundary; remove it or use impersonate = \"SA\"",
             ));
         }
         let request = TokenRequest::id_token(&id.impersonate, &id.delegates, &id.audience)
@@ -364,8 +377,15 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
             authorization: r.authorization,
             quota_project: r.quota_project.clone(),
             warm: r.warm,
+            boundary: None,
         }
     } else {
+        if r.access_boundary.is_some() {
+            return Err(ConfigError::invalid(
+                key("access_boundary"),
+                "applies to impersonate routes only; a deny or passthrough route attaches no token to limit",
+            ));
+        }
         if credential_keys {
             return Err(ConfigError::invalid(
                 key("action"),
@@ -437,6 +457,12 @@ fn sign_as_rule(
                 format!("`{h}`: a sign_as route serves IAM Credentials only; write hosts = [\"{IAM_CREDENTIALS}\"]"),
             ));
         }
+    }
+    if r.access_boundary.is_some() {
+        return Err(ConfigError::invalid(
+            key("access_boundary"),
+            "applies to impersonate routes only: a sign_as route forwards signBlob/signJwt with the source credential, which STS cannot downscope; remove it",
+        ));
     }
     if r.path_prefix.is_some() || !r.methods.is_empty() {
         return Err(ConfigError::invalid(

@@ -73,6 +73,9 @@ pub struct TokenSlot {
     pub lifetime: Option<u64>,
     /// Audience (ID tokens).
     pub audience: Option<String>,
+    /// The resources of the access boundary the token is downscoped to,
+    /// rendered for the request's bucket where the route says `{bucket}`.
+    pub boundary: Option<String>,
 }
 
 /// What the client gets.
@@ -268,13 +271,30 @@ pub fn explain(
                 scopes: Vec::new(),
                 lifetime: None,
                 audience: None,
+                boundary: None,
             });
         }
-        ActionSpec::Inject { request, .. } => {
+        ActionSpec::Inject {
+            request, boundary, ..
+        } => {
             if scheme == Scheme::HTTP {
                 d.status = Some(400);
                 d.message = Some(plain_http(&spec.name));
             }
+            let boundary = match boundary {
+                None => None,
+                Some(b) if !b.per_bucket() => Some(b.render("").resources()),
+                Some(b) => match crate::policy::boundary::bucket_of(&host, &path) {
+                    Some(bucket) => Some(b.render(bucket).resources()),
+                    None => {
+                        if d.status.is_none() {
+                            d.status = Some(403);
+                            d.message = Some(no_bucket(&spec.name, &method, &host, &path));
+                        }
+                        None
+                    }
+                },
+            };
             let (kind, scopes, lifetime, audience) = match request.kind() {
                 TokenKind::Access { scopes, lifetime } => (
                     "impersonate",
@@ -295,6 +315,7 @@ pub fn explain(
                 scopes,
                 lifetime,
                 audience,
+                boundary,
             });
         }
     }
@@ -316,6 +337,14 @@ pub(crate) fn no_route(method: &Method, host: &str, path: &str) -> String {
 /// The 403 message of a deny route.
 pub(crate) fn denied(route: &str, method: &Method, host: &str, path: &str) -> String {
     format!("denied by route \"{route}\" ({method} {host}{path})")
+}
+
+/// The 403 message for a `{bucket}` route's request that addresses no
+/// single bucket.
+pub(crate) fn no_bucket(route: &str, method: &Method, host: &str, path: &str) -> String {
+    format!(
+        "route \"{route}\" downscopes its token to the bucket a request addresses ({{bucket}} in access_boundary), and {method} {host}{path} addresses no single valid bucket (listing buckets and batch requests do not); add a route for such requests"
+    )
 }
 
 /// The 400 message for an injecting route reached over plain `http://`.

@@ -2,6 +2,7 @@
 //! headers. No lock, no await, no allocation when the slot holds a token;
 //! the first request for a slot waits once on the single in-flight mint.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
@@ -9,6 +10,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use crate::config::AuthorizationPolicy;
 use crate::google::slot::{Slot, Unavailable};
 use crate::google::CredentialError;
+use crate::policy::boundary::Downscope;
 use crate::policy::routes::Action;
 
 /// The quota/billing project header Google APIs read.
@@ -48,28 +50,64 @@ pub enum Outcome<'a> {
     /// The route refuses the request.
     Deny,
     /// The slot's first token is still being minted: await
-    /// [`Slot::get`], then [`attach`].
-    Minting(&'a Slot),
+    /// [`Slot::get`], then [`attach`]. (Owned for a bucket's slot, which
+    /// lives in the route's bucket table.)
+    Minting(Cow<'a, Slot>),
     /// No token can be had: the cause names the target and IAM's message.
     Unavailable(Arc<CredentialError>),
+    /// A `{bucket}` route, and the request addresses no single bucket
+    /// (list buckets, batch) or not a valid bucket name.
+    NoBucket,
 }
 
-/// Applies `action` to `headers`.
+/// Applies `action` to `headers`, for a request to any host and path: a
+/// `{bucket}` route answers [`Outcome::NoBucket`] (use [`apply_at`]).
 #[inline]
 pub fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
+    apply_at(action, headers, "", "", &mut None)
+}
+
+/// Applies `action` to the headers of a request to `host` and `path`
+/// (normalised, as the route matched them); `boundary` gets the resources
+/// of the access boundary the token carries, for the audit record.
+#[inline]
+pub fn apply_at<'a>(
+    action: &'a Action,
+    headers: &mut HeaderMap,
+    host: &str,
+    path: &str,
+    boundary: &mut Option<Arc<str>>,
+) -> Outcome<'a> {
     match action {
         Action::Inject {
             slot,
             authorization,
             quota_project,
-        } => match slot.load() {
-            Ok(token) => {
-                attach(headers, token, *authorization, quota_project.as_ref());
-                Outcome::Forward
+            downscope,
+        } => {
+            let slot = match downscope.as_deref() {
+                None => Cow::Borrowed(slot),
+                Some(Downscope::Fixed { resource, .. }) => {
+                    *boundary = Some(resource.clone());
+                    Cow::Borrowed(slot)
+                }
+                Some(Downscope::PerBucket(table)) => match table.select(host, path) {
+                    Some(entry) => {
+                        *boundary = Some(entry.resource.clone());
+                        Cow::Owned(entry.slot.clone())
+                    }
+                    None => return Outcome::NoBucket,
+                },
+            };
+            match slot.load() {
+                Ok(token) => {
+                    attach(headers, token, *authorization, quota_project.as_ref());
+                    Outcome::Forward
+                }
+                Err(Unavailable::Minting) => Outcome::Minting(slot),
+                Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
             }
-            Err(Unavailable::Minting) => Outcome::Minting(slot),
-            Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
-        },
+        }
         // The source credential goes to IAM in place of whatever the
         // client sent (a metadata placeholder, usually).
         Action::SignAs(s) => match s.slot.load() {
@@ -77,7 +115,7 @@ pub fn apply<'a>(action: &'a Action, headers: &mut HeaderMap) -> Outcome<'a> {
                 attach(headers, token, AuthorizationPolicy::Replace, None);
                 Outcome::Forward
             }
-            Err(Unavailable::Minting) => Outcome::Minting(&s.slot),
+            Err(Unavailable::Minting) => Outcome::Minting(Cow::Borrowed(&s.slot)),
             Err(Unavailable::Failed(e)) => Outcome::Unavailable(e),
         },
         Action::Passthrough => {

@@ -17,6 +17,7 @@ use crate::google::slot::Slot;
 use crate::google::{TokenKind, TokenRequest};
 use crate::net::HostPattern;
 use crate::ops::audit::AuditAction;
+use crate::policy::boundary::{BoundaryTemplate, BucketSlots, Downscope};
 use crate::policy::sign::SignAs;
 use crate::policy::SlotSource;
 
@@ -32,6 +33,9 @@ pub enum Action {
         authorization: AuthorizationPolicy,
         /// `x-goog-user-project`, if the route sets one.
         quota_project: Option<HeaderValue>,
+        /// `access_boundary`: how the token is limited (fixed: `slot` is
+        /// the downscoped one; per bucket: `slot` is the base).
+        downscope: Option<Box<Downscope>>,
     },
     /// Forward a `signBlob` / `signJwt` with the source credential and
     /// the route's delegates.
@@ -291,6 +295,8 @@ pub enum ActionSpec {
         quota_project: Option<String>,
         /// Mint at start.
         warm: bool,
+        /// `access_boundary`: the token is downscoped at STS.
+        boundary: Option<BoundaryTemplate>,
     },
     /// `signBlob` / `signJwt` as `account` with the source credential.
     SignAs {
@@ -327,8 +333,12 @@ impl fmt::Display for RuleSpec {
                 authorization,
                 quota_project,
                 warm,
+                boundary,
             } => {
                 write!(f, " → {request}")?;
+                if let Some(b) = boundary {
+                    write!(f, " {b}")?;
+                }
                 if *authorization == AuthorizationPolicy::Keep {
                     write!(f, " (keeps a client Authorization)")?;
                 }
@@ -400,13 +410,41 @@ impl RouteTable {
                     authorization,
                     quota_project,
                     warm,
-                } => Action::Inject {
-                    slot: slots.slot(request.clone(), *warm),
-                    authorization: *authorization,
-                    quota_project: quota_project
-                        .as_deref()
-                        .and_then(|q| HeaderValue::from_str(q).ok()),
-                },
+                    boundary,
+                } => {
+                    let (slot, downscope) = match boundary {
+                        None => (slots.slot(request.clone(), *warm), None),
+                        Some(b) if b.per_bucket() => {
+                            let base = slots.slot(request.clone(), *warm);
+                            let table =
+                                BucketSlots::new(b.clone(), base.clone(), slots.downscoper());
+                            (base, Some(Box::new(Downscope::PerBucket(table))))
+                        }
+                        Some(b) => {
+                            let base = slots.slot(request.clone(), false);
+                            // A fixed boundary has no `{bucket}`: the
+                            // bucket argument is never used.
+                            let boundary = Arc::new(b.render(""));
+                            let slot = slots.downscoper().slot(&base, boundary.clone(), true);
+                            if *warm {
+                                slot.start();
+                            }
+                            let resource = boundary.resources().into();
+                            (
+                                slot,
+                                Some(Box::new(Downscope::Fixed { boundary, resource })),
+                            )
+                        }
+                    };
+                    Action::Inject {
+                        slot,
+                        authorization: *authorization,
+                        quota_project: quota_project
+                            .as_deref()
+                            .and_then(|q| HeaderValue::from_str(q).ok()),
+                        downscope,
+                    }
+                }
                 ActionSpec::SignAs {
                     account,
                     delegates,

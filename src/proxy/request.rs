@@ -367,7 +367,13 @@ async fn route_and_forward(
                 &explain::plain_http(&route.name),
             ))
         } else {
-            match inject::apply(&route.action, &mut parts.headers) {
+            match inject::apply_at(
+                &route.action,
+                &mut parts.headers,
+                &target.host,
+                path,
+                &mut record.boundary,
+            ) {
                 Outcome::Forward => Decision::Forward,
                 Outcome::Deny => Decision::Refuse(reply::error_for(
                     is_grpc,
@@ -375,6 +381,11 @@ async fn route_and_forward(
                     &explain::denied(&route.name, &method, &target.host, path),
                 )),
                 Outcome::Unavailable(e) => Decision::Refuse(no_token(is_grpc, &route.name, &e)),
+                Outcome::NoBucket => Decision::Refuse(reply::error_for(
+                    is_grpc,
+                    StatusCode::FORBIDDEN,
+                    &explain::no_bucket(&route.name, &method, &target.host, path),
+                )),
                 Outcome::Minting(slot) => {
                     // A sign_as route replaces the client's credential.
                     let (policy, quota_project) = match &route.action {
@@ -386,7 +397,7 @@ async fn route_and_forward(
                         _ => (AuthorizationPolicy::Replace, None),
                     };
                     Decision::Mint {
-                        slot: slot.clone(),
+                        slot: slot.into_owned(),
                         policy,
                         quota_project,
                         route: route.name.clone(),

@@ -31,6 +31,7 @@ fn call(
         Bytes::copy_from_slice(body),
         Some(WHO.into()),
         true,
+        None,
     );
     let status = reply.status();
     let headers = reply.headers().clone();

@@ -1,0 +1,175 @@
+//! Downscoped slots on Tokio's paused clock, with a scripted minter and
+//! STS: shared per (base, boundary), exchanged again when the base
+//! refreshes, a failed exchange keeps the valid token, released when no
+//! per-bucket table holds them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::*;
+use crate::control::tokens::Registry;
+use crate::google::slot::Unavailable;
+use crate::google::Token;
+use crate::policy::SlotSource;
+
+/// Mints `base-N` valid for `lifetime`; downscopes `base-N` to
+/// `down-K-of-base-N` (expiring with it), or fails with STS's 503 while
+/// `sts_down` is set.
+struct Scripted {
+    lifetime: Duration,
+    mints: AtomicUsize,
+    exchanges: AtomicUsize,
+    sts_down: Mutex<bool>,
+}
+
+impl Mint for Scripted {
+    fn mint<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let n = self.mints.fetch_add(1, Ordering::SeqCst);
+            Ok(Token::new(format!("base-{n}"), self.lifetime))
+        })
+    }
+
+    fn downscope<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+        base: &'a Token,
+        _boundary: &'a AccessBoundary,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let k = self.exchanges.fetch_add(1, Ordering::SeqCst);
+            if *self.sts_down.lock().unwrap() {
+                return Err(CredentialError::Unavailable {
+                    endpoint: "sts.googleapis.com".into(),
+                    attempts: 3,
+                    message: "HTTP 503: The service is currently unavailable.".into(),
+                });
+            }
+            Ok(Token::new(
+                format!("down-{k}-of-{}", base.expose_secret()),
+                base.expires_in(),
+            ))
+        })
+    }
+}
+
+fn setup(lifetime: Duration) -> (Arc<Scripted>, Registry, Slot) {
+    let minter = Arc::new(Scripted {
+        lifetime,
+        mints: AtomicUsize::new(0),
+        exchanges: AtomicUsize::new(0),
+        sts_down: Mutex::new(false),
+    });
+    let registry = Registry::new(minter.clone());
+    let request = TokenRequest::access_token(
+        "shared@p.iam.gserviceaccount.com",
+        &[],
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let base = registry.slot(request, false);
+    (minter, registry, base)
+}
+
+fn boundary(bucket: &str) -> Arc<AccessBoundary> {
+    Arc::new(
+        AccessBoundary::from_json(&format!(
+            r#"{{"accessBoundary":{{"accessBoundaryRules":[{{"availableResource":"//storage.googleapis.com/projects/_/buckets/{bucket}","availablePermissions":["inRole:roles/storage.objectViewer"]}}]}}}}"#
+        ))
+        .unwrap(),
+    )
+}
+
+fn bearer(slot: &Slot) -> String {
+    slot.load().unwrap().to_str().unwrap().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_per_pair_and_exchanged_again_when_the_base_refreshes() {
+    let (minter, registry, base) = setup(Duration::from_secs(40));
+    let down = registry.downscoper();
+    let a = down.slot(&base, boundary("a-bucket"), true);
+    let again = down.slot(&base, boundary("a-bucket"), true);
+    let b = down.slot(&base, boundary("b-bucket"), true);
+    assert!(matches!(a.load(), Err(Unavailable::Minting)));
+    assert_eq!(
+        a.get().await.unwrap().to_str().unwrap(),
+        "Bearer down-0-of-base-0"
+    );
+    // The same pair is the same slot: no second exchange.
+    assert_eq!(bearer(&again), "Bearer down-0-of-base-0");
+    b.get().await.unwrap();
+    assert_eq!(minter.exchanges.load(Ordering::SeqCst), 2);
+    assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+    // The base refreshes at 75% of 40 s (minus jitter, so by 30 s); the
+    // downscoped tokens follow it at once, before the old ones expire, and
+    // never lapse meanwhile.
+    for _ in 0..35 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(a.load().is_ok());
+    }
+    assert!(bearer(&a).ends_with("-of-base-1"), "{}", bearer(&a));
+    assert!(bearer(&b).ends_with("-of-base-1"), "{}", bearer(&b));
+    assert_eq!(registry.downscoped_slots(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_exchange_serves_the_valid_token_then_fails_with_the_cause() {
+    let (minter, registry, base) = setup(Duration::from_secs(40));
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    *minter.sts_down.lock().unwrap() = true;
+    // Across the base's refresh (about 30 s) the old downscoped token
+    // keeps serving, with STS's error as the last one.
+    tokio::time::sleep(Duration::from_secs(36)).await;
+    assert_eq!(bearer(&a), "Bearer down-0-of-base-0");
+    assert!(minter.exchanges.load(Ordering::SeqCst) >= 2);
+    let last = a.last_error().expect("the failed exchange").to_string();
+    assert!(last.contains("sts.googleapis.com"), "{last}");
+    // At its expiry (the base's), the slot fails closed with the cause.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    match a.load() {
+        Err(Unavailable::Failed(e)) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("expired") && e.contains("The service is currently unavailable."),
+                "{e}"
+            );
+        }
+        other => panic!("still serving: {other:?}"),
+    }
+    // STS back: the retry (backoff) exchanges the base's current token.
+    *minter.sts_down.lock().unwrap() = false;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(!bearer(&a).ends_with("-of-base-0"), "{}", bearer(&a));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_bucket_slots_are_released_by_their_last_holder_kept_ones_never() {
+    let (_minter, registry, base) = setup(Duration::from_secs(3600));
+    let down = registry.downscoper();
+    let held = down.slot(&base, boundary("a-bucket"), false);
+    down.slot(&base, boundary("a-bucket"), false);
+    held.get().await.unwrap();
+    down.release(&base, &boundary("a-bucket"));
+    assert!(held.load().is_ok(), "one holder is left");
+    down.release(&base, &boundary("a-bucket"));
+    assert!(matches!(held.load(), Err(Unavailable::Failed(_))));
+    assert_eq!(registry.downscoped_slots(), 0);
+    let kept = down.slot(&base, boundary("b-bucket"), true);
+    down.slot(&base, boundary("b-bucket"), false);
+    down.release(&base, &boundary("b-bucket"));
+    down.release(&base, &boundary("b-bucket"));
+    kept.get().await.unwrap();
+    assert_eq!(registry.downscoped_slots(), 1);
+}
