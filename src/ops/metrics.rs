@@ -75,6 +75,7 @@ pub(crate) struct Metrics {
     certs_minted: Counter,
     cert_cache: Gauge,
     mints: Family<MintLabels, Counter>,
+    refresh_retries: Family<SlotLabel, Counter>,
     expires_in: Family<SlotLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     source_refreshes: Counter,
     iam_latency: Histogram,
@@ -104,6 +105,7 @@ impl Metrics {
             certs_minted: Counter::default(),
             cert_cache: Gauge::default(),
             mints: Family::default(),
+            refresh_retries: Family::default(),
             expires_in: Family::default(),
             source_refreshes: Counter::default(),
             iam_latency: latency_histogram(),
@@ -146,6 +148,11 @@ impl Metrics {
             "token_mints",
             "Token mints by slot and result (ok, or the failure reason)",
             m.mints.clone(),
+        );
+        registry.register(
+            "token_refresh_retries",
+            "Failed mints or refreshes of a slot's token that will be retried, by slot",
+            m.refresh_retries.clone(),
         );
         registry.register(
             "token_expires_in_seconds",
@@ -242,6 +249,15 @@ impl Metrics {
             .get_or_create(&MintLabels {
                 slot: slot.to_owned(),
                 result: result.err().unwrap_or("ok").to_owned(),
+            })
+            .inc();
+    }
+
+    /// A slot's mint failed and is scheduled to be tried again.
+    pub fn token_refresh_retry(&self, slot: &str) {
+        self.refresh_retries
+            .get_or_create(&SlotLabel {
+                slot: slot.to_owned(),
             })
             .inc();
     }
