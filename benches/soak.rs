@@ -36,6 +36,9 @@ const BUCKET: &str = "soak";
 const OBJECT: &str = "object.bin";
 const HOST: &str = "storage.googleapis.com";
 const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The audit file rotates at this size, keeping this many old ones.
+const AUDIT_MAX_MIB: u64 = 32;
+const AUDIT_KEEP: u64 = 3;
 
 struct Args {
     minutes: f64,
@@ -134,7 +137,7 @@ fn config_text(dir: &Path, emu: &Emulator, key: &Path, generation: u64) -> Strin
         resolve.push_str(&format!("\"{h}\" = \"{}\"\n", emu.addr()));
     }
     format!(
-        "# generation {generation}\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[[route]]\nname = \"storage\"\nhosts = [\"{HOST}\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{ca}\"]\nresponse_timeout = \"10s\"\n[upstream.resolve]\n{resolve}",
+        "# generation {generation}\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\nmax_file_size = \"{AUDIT_MAX_MIB}MiB\"\nmax_files = {AUDIT_KEEP}\n[[route]]\nname = \"storage\"\nhosts = [\"{HOST}\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{ca}\"]\nresponse_timeout = \"10s\"\n[upstream.resolve]\n{resolve}",
         key = key.display(),
         audit = dir.join("audit").join("audit.jsonl").display(),
         ca = emu.ca_pem_path().display(),
@@ -731,6 +734,7 @@ fn main() {
         "impersonate_proxy_config_reloads_total",
         "result=\"error\"",
     );
+    let audit_errors = metric(&metrics, "impersonate_proxy_audit_write_errors_total", "");
     let retries = metric(
         &metrics,
         "impersonate_proxy_token_refresh_retries_total",
@@ -794,6 +798,11 @@ fn main() {
             reload_ok as u64 == good_reloads,
         ),
         ("ready at the end", ready == 200),
+        (
+            "audit files bounded by rotation",
+            dir_bytes(&dir.join("audit")) <= ((AUDIT_KEEP + 1) * AUDIT_MAX_MIB) << 20,
+        ),
+        ("no audit write error", audit_errors == 0.0),
     ];
     let mut pass = true;
     for (what, ok) in checks {

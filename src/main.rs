@@ -550,6 +550,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         authorization: Default::default(),
         warm: true,
         enforce: true,
+        audit: None,
     });
     // ADC clients (gcloud, client libraries, Terraform) get a placeholder
     // from GCE_METADATA_HOST that the route above replaces.

@@ -82,6 +82,8 @@ pub(crate) struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     ready: Gauge,
     would_deny: Family<RouteLabel, Counter>,
+    audit_write_errors: Counter,
+    audit_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -112,6 +114,8 @@ impl Metrics {
             reloads: Family::default(),
             ready: Gauge::default(),
             would_deny: Family::default(),
+            audit_write_errors: Counter::default(),
+            audit_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -184,6 +188,16 @@ impl Metrics {
             "Requests a report-mode deny route (enforce = false) matched and let through, by route",
             m.would_deny.clone(),
         );
+        registry.register(
+            "audit_write_errors",
+            "Audit writes that failed (full or unwritable disk); the records are kept and retried",
+            m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "audit_records_dropped",
+            "Audit records dropped: the queue or the backlog of unwritten records was full",
+            m.audit_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -251,6 +265,16 @@ impl Metrics {
                 result: result.err().unwrap_or("ok").to_owned(),
             })
             .inc();
+    }
+
+    /// An audit write failed.
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
+    }
+
+    /// `n` audit records were dropped.
+    pub fn audit_dropped(&self, n: u64) {
+        self.audit_dropped.inc_by(n);
     }
 
     /// A slot's mint failed and is scheduled to be tried again.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 
-use crate::config::{parse_duration, Config, ConfigError, RouteActionConfig, RouteConfig};
+use crate::config::{
+    parse_duration, AuditSampling, Config, ConfigError, RouteActionConfig, RouteConfig,
+};
 use crate::google::{principal_email, TokenKind, TokenRequest};
 use crate::net::{parse_cidr, HostPattern};
 use crate::policy::clients::{ClientError, Clients};
@@ -337,6 +339,10 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
     if let ActionSpec::Inject { request, .. } = &action {
         token_destinations(request, &hosts, &key)?;
     }
+    let audit = match &r.audit {
+        Some(a) => AuditSampling::parse(a).map_err(|e| ConfigError::invalid(key("audit"), e))?,
+        None => AuditSampling::All,
+    };
     Ok(RuleSpec {
         name: r.name.clone(),
         hosts,
@@ -346,6 +352,7 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         client_indices,
         action,
         enforce: r.enforce,
+        audit,
     })
 }
 
