@@ -1039,6 +1039,68 @@ mod tests {
     }
 
     #[test]
+    fn audit_rotation_sizes_parse_and_mistakes_name_the_key() {
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = \"100MiB\"\nmax_files = 3\n")
+            .unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(100 << 20));
+        assert_eq!(cfg.audit.max_files, Some(3));
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = \"1GB\"\n").unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(1_000_000_000));
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = 65536\n").unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(65536));
+        for (text, key, says) in [
+            (
+                "file = \"a.log\"\nmax_file_size = \"lots\"",
+                "audit.max_file_size",
+                "not a size",
+            ),
+            (
+                "file = \"a.log\"\nmax_file_size = \"1KiB\"",
+                "audit.max_file_size",
+                "at least 4096",
+            ),
+            (
+                "max_file_size = \"1MiB\"",
+                "audit.max_file_size",
+                "set audit.file",
+            ),
+            (
+                "file = \"a.log\"\nmax_files = 3",
+                "audit.max_files",
+                "max_file_size",
+            ),
+            (
+                "file = \"a.log\"\nmax_file_size = \"1MiB\"\nmax_files = 0",
+                "audit.max_files",
+                "from 1",
+            ),
+        ] {
+            let err = parse(&format!("[audit]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn route_audit_modes_parse() {
+        assert_eq!(AuditSampling::parse("all"), Ok(AuditSampling::All));
+        assert_eq!(AuditSampling::parse("errors"), Ok(AuditSampling::Errors));
+        assert_eq!(
+            AuditSampling::parse("sample:0.01"),
+            Ok(AuditSampling::Sample(0.01))
+        );
+        assert_eq!(
+            AuditSampling::parse("sample:1"),
+            Ok(AuditSampling::Sample(1.0))
+        );
+        for bad in ["sample:1.5", "sample:-0.1", "sample:", "some", "sample:NaN"] {
+            let err = AuditSampling::parse(bad).unwrap_err();
+            assert!(err.contains("sample:0.01"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn durations_parse_and_zero_is_refused() {
         let cfg = parse("[limits]\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));

@@ -883,6 +883,40 @@ mod tests {
     }
 
     #[test]
+    fn sampling_keeps_denials_errors_and_tokenless_requests() {
+        let with = |sampling, action, status, token: bool| {
+            let mut r = record();
+            r.sampling = sampling;
+            r.action = action;
+            r.status = status;
+            if !token {
+                r.acting_as = None;
+            }
+            r
+        };
+        use AuditAction::{Deny, IdToken, Impersonate, Passthrough};
+        for mode in [AuditSampling::Errors, AuditSampling::Sample(0.0)] {
+            // A success that carried a token: not kept.
+            assert!(!with(mode, Impersonate, 200, true).kept());
+            assert!(!with(mode, IdToken, 304, true).kept());
+            // Always kept.
+            assert!(with(mode, Impersonate, 403, true).kept());
+            assert!(with(mode, Impersonate, 503, true).kept());
+            assert!(with(mode, Impersonate, 0, true).kept());
+            assert!(with(mode, Impersonate, 200, false).kept());
+            assert!(with(mode, Passthrough, 200, false).kept());
+            assert!(with(mode, Deny, 403, false).kept());
+            assert!(with(mode, AuditAction::None, 400, false).kept());
+        }
+        assert!(with(AuditSampling::All, Impersonate, 200, true).kept());
+        assert!(with(AuditSampling::Sample(1.0), Impersonate, 200, true).kept());
+        let kept = (0..10_000)
+            .filter(|_| with(AuditSampling::Sample(0.1), Impersonate, 200, true).kept())
+            .count();
+        assert!((700..1300).contains(&kept), "{kept} of 10000 at 0.1");
+    }
+
+    #[test]
     fn numbers_are_plain_decimal() {
         for n in [0u64, 7, 10, 999, 1000, u64::MAX] {
             let mut out = Vec::new();

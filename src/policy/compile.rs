@@ -368,6 +368,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_route_audit_mode_names_the_key() {
+        let err = compile(
+            "[[route]]\nname = \"r\"\nhosts = [\"storage.googleapis.com\"]\naction = \"passthrough\"\naudit = \"sample:5\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("route[0].audit") || err.contains("audit"),
+            "{err}"
+        );
+        assert!(err.contains("sample:0.01"), "{err}");
+    }
+
+    #[test]
     fn bad_host_pattern_names_the_key() {
         let err = compile("[intercept]\nhosts = [\"a.com\", \"foo.*.com\"]\n").unwrap_err();
         assert!(err.to_string().contains("intercept.hosts[1]"), "{err}");
