@@ -126,14 +126,18 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
                 let delay = backoff.next_delay();
                 let mut retry_at = now + delay;
                 match current.clone() {
-                    Some(ready) if ready.token().expires_at() > now => {
+                    Some(ready) => {
                         let hard_expiry = ready.token().expires_at();
-                        slot.store_refreshing(ready, Some(e));
                         match retry_before_expiry(now, hard_expiry, delay) {
-                            Some(at) => retry_at = at,
-                            // The last retry before expiry failed: serve
-                            // the token to its last instant, then report
-                            // the expiry with the cause.
+                            Some(at) => {
+                                slot.store_refreshing(ready, Some(e));
+                                retry_at = at;
+                            }
+                            // The last retry before expiry failed (or the
+                            // token expired while this one ran): serve the
+                            // token to its last instant (no wait if that
+                            // is past), then report the expiry with the
+                            // cause.
                             None => {
                                 sleep_until(hard_expiry).await;
                                 current = None;
@@ -144,10 +148,6 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
                     }
                     // Once a token has been served, its absence is reported
                     // as an expiry (with the cause), not as a bare failure.
-                    Some(_) => {
-                        current = None;
-                        expire(&last_error);
-                    }
                     None if ever_minted => expire(&last_error),
                     None => slot.store_expired(e),
                 }

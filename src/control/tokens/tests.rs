@@ -372,6 +372,59 @@ async fn retries_during_an_outage_are_paced_by_the_time_left() {
     assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
 }
 
+/// Collects what a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failure whose cause is new is a warning; a retry that fails the same
+/// way again is a debug line, so an outage does not flood the log.
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_warned_once_and_its_repeats_are_debug_lines() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let minter = Scripted::new(Duration::from_secs(3600));
+    minter.fail(true);
+    let registry = Registry::new(minter.clone());
+    let slot = registry.slot(request_for("logged@p.iam.gserviceaccount.com"), true);
+    sleep(Duration::from_secs(10)).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines = |level: &str, what: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    };
+    let mints = minter.mints.load(Ordering::SeqCst);
+    assert!(mints >= 4, "{mints} mints");
+    assert_eq!(
+        lines("WARN", "token mint failed target_principal"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines("DEBUG", "token mint failed again target_principal"),
+        mints - 1,
+        "{text}"
+    );
+    assert_eq!(slot.status(), SlotStatus::Expired);
+}
+
 /// What the slot says in each state: fresh (no error), refreshing with the
 /// last failure, served to the last instant of the token's life, then
 /// failed closed with the cause; and fresh again when IAM answers.
