@@ -10,9 +10,13 @@
 //! `cargo bench --bench soak -- --minutes N` (fractions allowed). Other
 //! options: `--window SECS` (default 60, 10 under 3 minutes), `--rps N`
 //! (the paced request rate, default 1500: the machine is shared),
-//! `--outage-every SECS` / `--outage-for SECS` (IAM outages, default 12 s
-//! every 90 s), `--reload-every SECS` (default 15) and `--break-every
-//! SECS` (default 60). Tokens live 60 s, so every outage overlaps refreshes.
+//! `--outage-every SECS` / `--outage-for SECS` (IAM outages, default 14 s
+//! about every 90 s), `--reload-every SECS` (default 15) and `--break-every
+//! SECS` (default 60). Tokens live 60 s. Every other outage is aimed at a
+//! refresh: it starts when the served token has 20 s left (before the
+//! refresh, due at 15–18 s left) and ends with 6 s left, so the proxy must
+//! notice IAM is back within those 6 s (before issue 21 it retried 8–16 s
+//! later, after expiry); the others start wherever the clock is.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -58,7 +62,7 @@ fn args() -> Args {
         window: Duration::ZERO,
         rps: 1500.0,
         outage_every: 90,
-        outage_for: 12,
+        outage_for: 14,
         reload_every: 15,
         break_every: 60,
         h1_conns: 16,
@@ -250,7 +254,9 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0.
+        + 0.0
 }
 
 // ----------------------------------------------------------------- client
@@ -595,6 +601,9 @@ fn main() {
     let mut last: Option<Point> = None;
     let (mut good_reloads, mut broken_reloads, mut outages) = (0u64, 0u64, 0u64);
     let mut outage_until: Option<Instant> = None;
+    // An outage aimed at the next refresh: waiting for the token to have
+    // 20 s left.
+    let mut aimed = false;
     let mut broken_until: Option<Instant> = None;
     let mut second = 0u64;
     println!(
@@ -628,9 +637,23 @@ fn main() {
             broken_until = None;
         }
         if a.outage_every > 0 && second % a.outage_every == a.outage_every / 2 {
-            emu.set_outage(true);
-            outages += 1;
-            outage_until = Some(now + Duration::from_secs(a.outage_for));
+            if outages % 2 == 0 {
+                aimed = true;
+            } else {
+                emu.set_outage(true);
+                outages += 1;
+                outage_until = Some(now + Duration::from_secs(a.outage_for));
+            }
+        }
+        if aimed && outage_until.is_none() {
+            let metrics = rt.block_on(admin_get(proxy.admin, "/metrics")).1;
+            let left = metric(&metrics, "impersonate_proxy_token_expires_in_seconds", "");
+            if left > 0.0 && left <= 20.0 {
+                emu.set_outage(true);
+                outages += 1;
+                aimed = false;
+                outage_until = Some(now + Duration::from_secs(a.outage_for));
+            }
         }
         if a.break_every > 0
             && second % a.break_every == a.break_every / 3
