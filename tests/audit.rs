@@ -102,7 +102,7 @@ fn audited(base: &Path, tag: &str) -> HashMap<String, usize> {
     for (file, _) in audit_files(base) {
         for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
             let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {line}", file.display()));
+                .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {line:?}", file.display()));
             let p = v["path"].as_str().unwrap_or_default();
             if p.contains(&marker) {
                 *seen.entry(p.to_owned()).or_insert(0) += 1;
