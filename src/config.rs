@@ -177,6 +177,15 @@ pub struct AuditConfig {
     /// Append JSON lines to this file instead of stdout.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// Rotate `file` when the next batch would take it past this size
+    /// (`"100MiB"`, `"1GB"`, or bytes as an integer): it is renamed to
+    /// `file.1` (the older ones shift up) and a new one is started.
+    #[serde(default)]
+    pub max_file_size: Option<Size>,
+    /// Rotated files kept beside the current one (`file.1` … `file.N`);
+    /// the oldest is deleted. Default 5; needs `max_file_size`.
+    #[serde(default)]
+    pub max_files: Option<usize>,
 }
 
 impl Default for AuditConfig {
@@ -184,6 +193,82 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             file: None,
+            max_file_size: None,
+            max_files: None,
+        }
+    }
+}
+
+/// Rotated audit files kept when `max_files` is not set.
+pub const DEFAULT_AUDIT_MAX_FILES: usize = 5;
+/// The smallest `[audit] max_file_size`.
+const MIN_AUDIT_FILE_SIZE: u64 = 4096;
+/// The most `[audit] max_files`.
+const MAX_AUDIT_FILES: usize = 1000;
+
+impl AuditConfig {
+    /// `max_file_size` in bytes, if set (and valid: see `Config::validate`).
+    pub fn max_file_bytes(&self) -> Option<u64> {
+        self.max_file_size.as_ref().and_then(|s| s.bytes().ok())
+    }
+}
+
+/// A size in a config file: bytes as an integer, or text with a unit
+/// (`"100MiB"`, `"512 KiB"`, `"1GB"`), read by the `bytesize` crate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// A plain number of bytes.
+    Bytes(u64),
+    /// A number with a unit.
+    Text(String),
+}
+
+impl Size {
+    /// The size in bytes, or why the text is not a size.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(t) => t.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| {
+                format!("`{t}` is not a size ({e}); write it like \"100MiB\", \"1GB\" or a number of bytes")
+            }),
+        }
+    }
+}
+
+/// `audit = "all" | "errors" | "sample:0.01"` on a route: which of its
+/// requests get an audit record. Denials, errors (status 400 and up, or
+/// no response) and requests that carried no token are recorded whatever
+/// the route says.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum AuditSampling {
+    /// Every request (the default).
+    #[default]
+    All,
+    /// Only the ones that are always recorded.
+    Errors,
+    /// Those, and this fraction (0 to 1) of the rest, drawn at random.
+    Sample(f64),
+}
+
+impl AuditSampling {
+    /// Parses a route's `audit` value.
+    pub fn parse(s: &str) -> Result<AuditSampling, String> {
+        match s.trim() {
+            "all" => Ok(AuditSampling::All),
+            "errors" => Ok(AuditSampling::Errors),
+            t => {
+                let fraction = t
+                    .strip_prefix("sample:")
+                    .and_then(|f| f.trim().parse::<f64>().ok())
+                    .filter(|f| (0.0..=1.0).contains(f));
+                match fraction {
+                    Some(f) => Ok(AuditSampling::Sample(f)),
+                    None => Err(format!(
+                        "`{s}` is not an audit mode; write \"all\", \"errors\" or \"sample:F\" with F from 0 to 1 (e.g. \"sample:0.01\" keeps 1% of successful requests)"
+                    )),
+                }
+            }
         }
     }
 }
@@ -264,6 +349,10 @@ pub struct RouteConfig {
     /// matching route.
     #[serde(default = "yes")]
     pub enforce: bool,
+    /// Which requests get an audit record: `"all"` (default), `"errors"`
+    /// or `"sample:0.01"`; see [`AuditSampling`].
+    #[serde(default)]
+    pub audit: Option<String>,
 }
 
 /// `id_token = { audience, impersonate, delegates }`
@@ -812,6 +901,7 @@ impl Config {
                 "is empty; list the hosts to terminate, e.g. [\"*.googleapis.com\"]",
             ));
         }
+        self.validate_audit()?;
         self.validate_clients()?;
         self.validate_metadata()?;
         self.validate_parent_proxy()?;
@@ -902,6 +992,42 @@ impl Config {
                 "proxy.shutdown_delay",
                 "must be at most 7 days; a few seconds more than your load balancer takes to see /readyz fail is enough (e.g. \"5s\")",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let a = &self.audit;
+        if let Some(size) = &a.max_file_size {
+            let bytes = size
+                .bytes()
+                .map_err(|e| ConfigError::invalid("audit.max_file_size", e))?;
+            if bytes < MIN_AUDIT_FILE_SIZE {
+                return Err(ConfigError::invalid(
+                    "audit.max_file_size",
+                    format!("must be at least {MIN_AUDIT_FILE_SIZE} bytes; write e.g. \"100MiB\""),
+                ));
+            }
+            if a.file.is_none() {
+                return Err(ConfigError::invalid(
+                    "audit.max_file_size",
+                    "rotates the audit file, and records go to stdout: set audit.file, or remove max_file_size",
+                ));
+            }
+        }
+        if let Some(n) = a.max_files {
+            if a.max_file_size.is_none() {
+                return Err(ConfigError::invalid(
+                    "audit.max_files",
+                    "only applies with audit.max_file_size (size-based rotation): set that too, or remove max_files",
+                ));
+            }
+            if n == 0 || n > MAX_AUDIT_FILES {
+                return Err(ConfigError::invalid(
+                    "audit.max_files",
+                    format!("must be from 1 to {MAX_AUDIT_FILES} (rotated files kept beside the current one)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1081,6 +1207,68 @@ mod tests {
         let err = parse("[proxy]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("listn"), "{msg}");
+    }
+
+    #[test]
+    fn audit_rotation_sizes_parse_and_mistakes_name_the_key() {
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = \"100MiB\"\nmax_files = 3\n")
+            .unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(100 << 20));
+        assert_eq!(cfg.audit.max_files, Some(3));
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = \"1GB\"\n").unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(1_000_000_000));
+        let cfg = parse("[audit]\nfile = \"a.log\"\nmax_file_size = 65536\n").unwrap();
+        assert_eq!(cfg.audit.max_file_bytes(), Some(65536));
+        for (text, key, says) in [
+            (
+                "file = \"a.log\"\nmax_file_size = \"lots\"",
+                "audit.max_file_size",
+                "not a size",
+            ),
+            (
+                "file = \"a.log\"\nmax_file_size = \"1KiB\"",
+                "audit.max_file_size",
+                "at least 4096",
+            ),
+            (
+                "max_file_size = \"1MiB\"",
+                "audit.max_file_size",
+                "set audit.file",
+            ),
+            (
+                "file = \"a.log\"\nmax_files = 3",
+                "audit.max_files",
+                "max_file_size",
+            ),
+            (
+                "file = \"a.log\"\nmax_file_size = \"1MiB\"\nmax_files = 0",
+                "audit.max_files",
+                "from 1",
+            ),
+        ] {
+            let err = parse(&format!("[audit]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn route_audit_modes_parse() {
+        assert_eq!(AuditSampling::parse("all"), Ok(AuditSampling::All));
+        assert_eq!(AuditSampling::parse("errors"), Ok(AuditSampling::Errors));
+        assert_eq!(
+            AuditSampling::parse("sample:0.01"),
+            Ok(AuditSampling::Sample(0.01))
+        );
+        assert_eq!(
+            AuditSampling::parse("sample:1"),
+            Ok(AuditSampling::Sample(1.0))
+        );
+        for bad in ["sample:1.5", "sample:-0.1", "sample:", "some", "sample:NaN"] {
+            let err = AuditSampling::parse(bad).unwrap_err();
+            assert!(err.contains("sample:0.01"), "{bad}: {err}");
+        }
     }
 
     #[test]

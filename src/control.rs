@@ -48,6 +48,8 @@ pub(crate) struct ControlPlane {
     config_path: Mutex<Option<PathBuf>>,
     /// Cancelled when the proxy starts draining: `/readyz` answers 503.
     draining: CancellationToken,
+    /// The audit sink, whose health `/readyz` reports.
+    audit: OnceLock<crate::ops::audit::AuditSink>,
 }
 
 impl ControlPlane {
@@ -69,6 +71,7 @@ impl ControlPlane {
             started: cfg.clone(),
             config_path: Mutex::new(None),
             draining: CancellationToken::new(),
+            audit: OnceLock::new(),
         })
     }
 
@@ -106,6 +109,16 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The audit sink whose health `/readyz` reports.
+    pub(crate) fn set_audit(&self, sink: crate::ops::audit::AuditSink) {
+        let _ = self.audit.set(sink);
+    }
+
+    /// The audit sink's health, if auditing is on.
+    pub(crate) fn audit_health(&self) -> Option<crate::ops::audit::AuditHealth> {
+        self.audit.get().and_then(|a| a.health())
     }
 
     /// From now on `/readyz` says the proxy is shutting down.

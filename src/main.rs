@@ -666,6 +666,7 @@ fn zero_config(sa: String, listen: std::net::SocketAddr) -> Config {
         authorization: Default::default(),
         warm: false,
         enforce: true,
+        audit: None,
     };
     // Signed URLs: google-cloud-storage on metadata credentials signs
     // through IAM signBlob as the account the metadata server names.

@@ -2,5 +2,6 @@
 //! and the body wrappers that measure a request as it streams.
 
 pub(crate) mod audit;
+pub(crate) mod conn;
 pub(crate) mod metrics;
 pub(crate) mod observe;

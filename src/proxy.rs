@@ -203,6 +203,7 @@ impl Proxy {
         let transparent_listener = bind_other(cfg.proxy.transparent_listen)?;
         let control = ControlPlane::start(cfg, upstream.clone(), local)?;
         let audit = AuditSink::start(&cfg.audit).map_err(StartError::Audit)?;
+        control.set_audit(audit.clone());
         let l = cfg.limits.clone();
 
         let mut h1 = http1::Builder::new();

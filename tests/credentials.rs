@@ -446,6 +446,60 @@ async fn an_iam_outage_serves_the_cached_token_then_reports_the_error() {
     assert!(recovered, "never recovered");
 }
 
+/// A long IAM outage over 60 s tokens that ends ten seconds before the
+/// cached token expires: retries track the time left (at most a tenth of
+/// it apart), so the refresher sees IAM back within about a second and no
+/// load in between fails. Takes about 50 s (the token's life less 10 s).
+#[tokio::test]
+async fn iam_back_ten_seconds_before_expiry_after_a_long_outage_leaves_no_gap() {
+    let lifetime = Duration::from_secs(60);
+    let emu = emulator(Some(lifetime)).await;
+    emu.grant_token_creator(SOURCE_SA, TARGET);
+    let registry = Registry::new(Arc::new(sa_minter(&emu)));
+    let slot = registry.slot(access(TARGET, &[]), true);
+    let cached = secret_of(&slot.get().await.unwrap());
+    let expiry = tokio::time::Instant::now() + slot.expires_in().unwrap();
+    emu.set_outage(true);
+    let before = emu.counters().get("generateAccessToken", TARGET);
+    let sample = |what: &str| {
+        let header = slot.load().unwrap_or_else(|e| panic!("gap {what}: {e}"));
+        secret_of(&header)
+    };
+    while tokio::time::Instant::now() < expiry - Duration::from_secs(10) {
+        assert_eq!(sample("during the outage"), cached);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refresh started at 75% of the life (less jitter) and was retried
+    // through the outage, paced, not in a loop.
+    let calls = emu.counters().get("generateAccessToken", TARGET) - before;
+    assert!(
+        (2..=150).contains(&calls),
+        "{calls} IAM calls in the outage"
+    );
+    assert_eq!(slot.status(), SlotStatus::Refreshing);
+    assert!(
+        slot.last_error().is_some_and(|e| e
+            .to_string()
+            .contains("The service is currently unavailable.")),
+        "{slot:?}"
+    );
+    emu.set_outage(false);
+    let back = tokio::time::Instant::now();
+    let mut fresh_after = None;
+    while tokio::time::Instant::now() < expiry + Duration::from_secs(2) {
+        let secret = sample("after IAM came back");
+        assert_eq!(emu.principal_of(&secret).as_deref(), Some(TARGET));
+        if fresh_after.is_none() && secret != cached {
+            fresh_after = Some(back.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A tenth of the 10 s left, plus one mint.
+    let fresh_after = fresh_after.expect("a new token before the old one expired");
+    assert!(fresh_after < Duration::from_millis(2500), "{fresh_after:?}");
+    assert_eq!(slot.status(), SlotStatus::Fresh);
+}
+
 #[tokio::test]
 async fn storage_sees_the_impersonated_principal_over_h2() {
     let emu = emulator(None).await;

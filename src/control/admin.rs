@@ -242,10 +242,21 @@ fn readiness(shared: &ControlPlane) -> (bool, serde_json::Value) {
         }
     }
     let ready = failing.is_empty();
-    (
-        ready,
-        serde_json::json!({"ready": ready, "failing": failing}),
-    )
+    let mut body = serde_json::json!({"ready": ready, "failing": failing});
+    // Reported, not a reason to be unready: a full audit disk is usually
+    // shared by every replica, and taking them all out of rotation would
+    // turn an audit problem into an outage. Alert on
+    // audit_write_errors_total instead.
+    if let Some(a) = shared.audit_health() {
+        body["audit"] = serde_json::json!({
+            "ok": a.error.is_none(),
+            "error": a.error,
+            "write_errors": a.write_errors,
+            "dropped_records": a.dropped,
+            "unwritten_bytes": a.unwritten_bytes,
+        });
+    }
+    (ready, body)
 }
 
 #[cfg(test)]

@@ -25,15 +25,46 @@ use downscope::Downscoped;
 /// jitter) up to [`RETRY_MAX`].
 const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// While a still-valid token is served, a retry is never more than a tenth
+/// of its remaining life away (jittered), and never less than this.
+const RETRY_FLOOR: Duration = Duration::from_millis(250);
+/// The last retry before a served token expires starts this long before
+/// its expiry, however the backoff falls.
+const LAST_RETRY_LEAD: Duration = Duration::from_millis(500);
+
+/// The delay before retrying a failed refresh of a token that is valid for
+/// `left`: the backoff's `delay`, but at most a tenth of `left` (less up to
+/// a quarter of jitter), and never less than [`RETRY_FLOOR`] on that
+/// account. So retries get closer together as expiry nears, and IAM coming
+/// back late in an outage is noticed within a tenth of the time left.
+pub(crate) fn retry_delay(delay: Duration, left: Duration) -> Duration {
+    let cap = (left / 10).mul_f64(0.75 + fastrand::f64() * 0.25);
+    delay.min(cap.max(RETRY_FLOOR))
+}
+
+/// When to retry a failed refresh at `now` of a token that expires at
+/// `hard_expiry`, the backoff having drawn `delay`: [`retry_delay`], moved
+/// earlier to one last retry [`LAST_RETRY_LEAD`] before expiry if it would
+/// land after that. `None` once that last retry is past: the token will
+/// expire before the next one.
+fn retry_before_expiry(now: Instant, hard_expiry: Instant, delay: Duration) -> Option<Instant> {
+    let last = hard_expiry.checked_sub(LAST_RETRY_LEAD)?;
+    if now >= last {
+        return None;
+    }
+    Some((now + retry_delay(delay, hard_expiry - now)).min(last))
+}
 
 /// When to refresh a token that is valid for `left`: 5 minutes before
 /// expiry, or at 75% of a short lifetime, minus up to a fifth more of that
 /// margin of jitter so slots minted together do not refresh together.
+/// The margin is at most 30% of `left`, so the delay is never under 70%
+/// of it: there is no floor to apply (a floor of half the lifetime, kept
+/// until issue 21, could never bind).
 pub(crate) fn refresh_delay(left: Duration) -> Duration {
     let margin = crate::google::source::refresh_margin(left);
     let margin = margin + margin.mul_f64(fastrand::f64() * 0.2);
-    let floor = (left / 2).min(Duration::from_secs(1));
-    left.saturating_sub(margin).max(floor)
+    left.saturating_sub(margin)
 }
 
 async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
@@ -110,23 +141,33 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
                     tracing::warn!(target_principal = %target, error = %e, "token mint failed");
                 }
                 last_error = Some(e.clone());
-                let retry_at = Instant::now() + backoff.next_delay();
+                crate::ops::metrics::global().token_refresh_retry(&label);
+                let now = Instant::now();
+                let delay = backoff.next_delay();
+                let mut retry_at = now + delay;
                 match current.clone() {
-                    Some(ready) if ready.token().expires_at() > Instant::now() => {
+                    Some(ready) => {
                         let hard_expiry = ready.token().expires_at();
-                        slot.store_refreshing(ready, Some(e));
-                        if hard_expiry < retry_at {
-                            sleep_until(hard_expiry).await;
-                            current = None;
-                            expire(&last_error);
+                        match retry_before_expiry(now, hard_expiry, delay) {
+                            Some(at) => {
+                                slot.store_refreshing(ready, Some(e));
+                                retry_at = at;
+                            }
+                            // The last retry before expiry failed (or the
+                            // token expired while this one ran): serve the
+                            // token to its last instant (no wait if that
+                            // is past), then report the expiry with the
+                            // cause.
+                            None => {
+                                sleep_until(hard_expiry).await;
+                                current = None;
+                                expire(&last_error);
+                                retry_at = retry_at.max(hard_expiry);
+                            }
                         }
                     }
                     // Once a token has been served, its absence is reported
                     // as an expiry (with the cause), not as a bare failure.
-                    Some(_) => {
-                        current = None;
-                        expire(&last_error);
-                    }
                     None if ever_minted => expire(&last_error),
                     None => slot.store_expired(e),
                 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
-use crate::config::AuditConfig;
+use crate::config::{AuditConfig, AuditSampling};
 
 /// What the proxy did with a request, as written in its audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,54 +64,7 @@ impl AuditAction {
     }
 }
 
-/// The listener a request arrived on, as written in its audit record and
-/// metrics labels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Listener {
-    /// `[proxy] listen`: CONNECT and absolute-form.
-    #[default]
-    Connect,
-    /// `[proxy] tls_listen`: TLS to the proxy, then CONNECT inside.
-    Tls,
-    /// `[proxy] transparent_listen`: TLS straight to the gateway.
-    Transparent,
-}
-
-impl Listener {
-    /// The word in the audit line and the metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Listener::Connect => "connect",
-            Listener::Tls => "tls",
-            Listener::Transparent => "transparent",
-        }
-    }
-}
-
-/// How a request was attributed to its `[[client]]`: by the strongest
-/// condition the entry sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum IdentifiedBy {
-    /// The source address (`cidrs` only).
-    Cidr,
-    /// `Proxy-Authorization: Basic` (`proxy_auth`).
-    Basic,
-    /// A verified client certificate's SANs (`cert_san`).
-    Cert,
-}
-
-impl IdentifiedBy {
-    /// The word in the audit line and the metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentifiedBy::Cidr => "cidr",
-            IdentifiedBy::Basic => "basic",
-            IdentifiedBy::Cert => "cert",
-        }
-    }
-}
+pub use crate::ops::conn::{IdentifiedBy, Listener};
 
 /// Whom a request acted as: what a token slot tells the audit record,
 /// without the token. Implemented by the token slots; a reference count,
@@ -135,6 +88,17 @@ const BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 /// Bytes of records waiting to be written beyond which new ones are dropped.
 const MAX_PENDING: usize = 16 << 20;
 
+/// Bytes that failed writes left unwritten, kept to be retried; records
+/// beyond this are dropped (the newest: what is kept stays in order).
+const MAX_UNWRITTEN: usize = 16 << 20;
+
+/// While writes fail, they are retried this often (records keep queuing
+/// in between).
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A failing audit sink is logged at most this often.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where audit records go.
 #[derive(Clone)]
 pub(crate) struct AuditSink {
@@ -144,37 +108,288 @@ pub(crate) struct AuditSink {
 struct Batch {
     /// Records not yet handed to the writer.
     pending: Mutex<Vec<u8>>,
-    /// The output, and the spare buffer swapped with `pending`.
-    out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
+    /// The output and its state; held while writing.
+    out: Mutex<Writer>,
+    /// Records dropped: the queue was full, or the unwritten backlog.
     dropped: AtomicU64,
+    /// Failed write attempts.
+    errors: AtomicU64,
+    /// Bytes waiting to be retried.
+    unwritten: AtomicU64,
+    /// The last write error while writes fail; `None` when healthy. Its
+    /// own lock, so `/readyz` never waits on a slow disk.
+    failing: Mutex<Option<String>>,
     /// The audit file, reopened by [`AuditSink::reopen`]; `None`: stdout.
     path: Option<PathBuf>,
+}
+
+/// Size-based rotation: `[audit] max_file_size` and `max_files`.
+#[derive(Clone, Copy)]
+struct Rotation {
+    max_size: u64,
+    keep: usize,
+}
+
+/// The writer thread's side: the open file and what it knows of it.
+struct Writer {
+    file: Box<dyn Write + Send>,
+    /// The batch being written, swapped with `pending`.
+    spare: Vec<u8>,
+    /// Bytes a failed write left over (whole records, or the rest of one
+    /// that was cut short), written before anything newer.
+    unwritten: Vec<u8>,
+    /// Bytes in the current file (for rotation).
+    size: u64,
+    rotation: Option<Rotation>,
+    last_attempt_failed: Option<Instant>,
+    last_warning: Option<Instant>,
+    errors_since_warning: u64,
+}
+
+/// What `/readyz` says about the audit sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHealth {
+    /// The last write error, while writes fail.
+    pub error: Option<String>,
+    /// Failed write attempts since start.
+    pub write_errors: u64,
+    /// Records dropped since start (queue or backlog full).
+    pub dropped: u64,
+    /// Bytes of records waiting for the disk.
+    pub unwritten_bytes: u64,
 }
 
 impl Batch {
     /// Writes what is pending. Callers: the writer thread, `flush`, drop.
     fn drain(&self) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        self.drain_into(&mut out);
+        self.drain_into(&mut out, false);
     }
 
-    fn drain_into(&self, out: &mut (Box<dyn Write + Send>, Vec<u8>)) {
-        let (file, spare) = out;
+    /// Hands the pending records to the writer and writes them, after any
+    /// left over from a failed write. While writes fail, only every
+    /// [`RETRY_EVERY`] is a write tried (unless `now`: shutdown, reopen).
+    fn drain_into(&self, w: &mut Writer, now: bool) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *pending, spare);
+            std::mem::swap(&mut *pending, &mut w.spare);
         }
-        if !spare.is_empty() {
-            let _ = file.write_all(spare);
-            let _ = file.flush();
-            spare.clear();
+        let retry_due = now
+            || w.last_attempt_failed
+                .is_none_or(|t| t.elapsed() >= RETRY_EVERY);
+        if w.unwritten.is_empty() && retry_due {
+            if w.spare.is_empty() {
+                return;
+            }
+            let data = std::mem::take(&mut w.spare);
+            let result = w.write_records(&data, self.path.as_deref());
+            w.spare = data;
+            match result {
+                Ok(()) => self.healthy(w),
+                Err((done, e)) => {
+                    let rest = w.spare.split_off(done);
+                    self.keep_unwritten(w, &rest);
+                    self.failed(w, &e);
+                }
+            }
+            w.spare.clear();
+            return;
+        }
+        // A backlog: the new records go behind it.
+        let new = std::mem::take(&mut w.spare);
+        self.keep_unwritten(w, &new);
+        w.spare = new;
+        w.spare.clear();
+        if !retry_due {
+            return;
+        }
+        let backlog = std::mem::take(&mut w.unwritten);
+        match w.write_records(&backlog, self.path.as_deref()) {
+            Ok(()) => {
+                w.unwritten = backlog;
+                w.unwritten.clear();
+                self.unwritten.store(0, Ordering::Relaxed);
+                self.healthy(w);
+            }
+            Err((done, e)) => {
+                w.unwritten = backlog;
+                w.unwritten.drain(..done);
+                self.unwritten
+                    .store(w.unwritten.len() as u64, Ordering::Relaxed);
+                self.failed(w, &e);
+            }
+        }
+    }
+
+    /// Appends `records` to the backlog, or drops them (counted) if the
+    /// backlog is full.
+    fn keep_unwritten(&self, w: &mut Writer, records: &[u8]) {
+        if records.is_empty() {
+            return;
+        }
+        if w.unwritten.len() + records.len() <= MAX_UNWRITTEN {
+            w.unwritten.extend_from_slice(records);
+        } else {
+            // A cut-short record's rest has no newline of its own at the
+            // start; counting lines counts the records lost.
+            let lost = records.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+            crate::ops::metrics::global().audit_dropped(lost);
+        }
+        self.unwritten
+            .store(w.unwritten.len() as u64, Ordering::Relaxed);
+    }
+
+    fn failed(&self, w: &mut Writer, e: &std::io::Error) {
+        w.last_attempt_failed = Some(Instant::now());
+        w.errors_since_warning += 1;
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        crate::ops::metrics::global().audit_write_error();
+        let text = e.to_string();
+        if w.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                error = %text,
+                failed_writes = w.errors_since_warning,
+                unwritten_bytes = w.unwritten.len(),
+                dropped_records = self.dropped.load(Ordering::Relaxed),
+                "audit records cannot be written; requests are still served, and the records are kept (up to 16 MiB) and retried every second"
+            );
+            w.last_warning = Some(Instant::now());
+            w.errors_since_warning = 0;
+        }
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+
+    fn healthy(&self, w: &mut Writer) {
+        if w.last_attempt_failed.take().is_some() {
+            tracing::warn!(
+                dropped_records = self.dropped.load(Ordering::Relaxed),
+                "audit records are written again"
+            );
+            w.last_warning = None;
+            w.errors_since_warning = 0;
+            *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 }
 
+impl Writer {
+    /// Writes `data` (whole records) to the file, rotating first whenever
+    /// the next records would take the file past the size limit: a file
+    /// is cut only between records, so each record is in exactly one
+    /// file. A single record larger than the limit gets a file of its own.
+    /// On error, returns how many bytes of `data` were written.
+    fn write_records(
+        &mut self,
+        data: &[u8],
+        path: Option<&Path>,
+    ) -> Result<(), (usize, std::io::Error)> {
+        let mut done = 0;
+        while done < data.len() {
+            let rest = &data[done..];
+            let n = match (self.rotation, path) {
+                (Some(r), Some(path)) => {
+                    let room =
+                        usize::try_from(r.max_size.saturating_sub(self.size)).unwrap_or(usize::MAX);
+                    // The longest run of whole records that fits.
+                    let fit = rest[..room.min(rest.len())]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    if fit > 0 {
+                        fit
+                    } else if self.size > 0 {
+                        self.rotate(path, r.keep).map_err(|e| (done, e))?;
+                        continue;
+                    } else {
+                        rest.iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(rest.len(), |i| i + 1)
+                    }
+                }
+                _ => rest.len(),
+            };
+            let written = write_counted(&mut self.file, &rest[..n]);
+            self.size += written.0 as u64;
+            done += written.0;
+            if let Some(e) = written.1 {
+                return Err((done, e));
+            }
+        }
+        let _ = self.file.flush();
+        Ok(())
+    }
+
+    /// `path` becomes `path.1`, `path.1` becomes `path.2` … up to `keep`
+    /// (the oldest is replaced), and a new, empty `path` is written from
+    /// now on. The new file is opened (as `path.new`) before anything is
+    /// renamed, so a failure leaves the current file in place.
+    fn rotate(&mut self, path: &Path, keep: usize) -> std::io::Result<()> {
+        let numbered = |i: usize| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        let fresh_path = numbered(0).with_extension("new");
+        let fresh = open_append(&fresh_path)?;
+        self.file.flush()?;
+        for i in (1..keep).rev() {
+            match std::fs::rename(numbered(i), numbered(i + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(path, numbered(1))?;
+        std::fs::rename(&fresh_path, path)?;
+        self.file = Box::new(fresh);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Writes `buf` with as many `write` calls as it takes: the bytes written,
+/// and the error that stopped it, if one did.
+fn write_counted(out: &mut dyn Write, buf: &[u8]) -> (usize, Option<std::io::Error>) {
+    let mut off = 0;
+    while off < buf.len() {
+        match out.write(&buf[off..]) {
+            Ok(0) => {
+                return (
+                    off,
+                    Some(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "the audit file took no bytes",
+                    )),
+                )
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (off, Some(e)),
+        }
+    }
+    (off, None)
+}
+
 impl Drop for Batch {
     fn drop(&mut self) {
-        self.drain();
+        let out = self.out.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut w = std::mem::replace(out, Writer::new(Box::new(std::io::sink()), 0, None));
+        self.drain_into(&mut w, true);
+    }
+}
+
+impl Writer {
+    fn new(file: Box<dyn Write + Send>, size: u64, rotation: Option<Rotation>) -> Writer {
+        Writer {
+            file,
+            spare: Vec::with_capacity(64 << 10),
+            unwritten: Vec::new(),
+            size,
+            rotation,
+            last_attempt_failed: None,
+            last_warning: None,
+            errors_since_warning: 0,
+        }
     }
 }
 
@@ -184,14 +399,27 @@ impl AuditSink {
         if !cfg.enabled {
             return Ok(AuditSink { inner: None });
         }
-        let out: Box<dyn Write + Send> = match &cfg.file {
-            Some(path) => Box::new(open_append(path)?),
-            None => Box::new(std::io::stdout()),
+        let (out, size): (Box<dyn Write + Send>, u64) = match &cfg.file {
+            Some(path) => {
+                let f = open_append(path)?;
+                let size = f.metadata().map_or(0, |m| m.len());
+                (Box::new(f), size)
+            }
+            None => (Box::new(std::io::stdout()), 0),
         };
+        let rotation = cfg.max_file_bytes().map(|max_size| Rotation {
+            max_size,
+            keep: cfg
+                .max_files
+                .unwrap_or(crate::config::DEFAULT_AUDIT_MAX_FILES),
+        });
         let batch = Arc::new(Batch {
             pending: Mutex::new(Vec::with_capacity(64 << 10)),
-            out: Mutex::new((out, Vec::with_capacity(64 << 10))),
+            out: Mutex::new(Writer::new(out, size, rotation)),
             dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
+            failing: Mutex::new(None),
             path: cfg.file.clone(),
         });
         let weak: Weak<Batch> = Arc::downgrade(&batch);
@@ -210,7 +438,8 @@ impl AuditSink {
     /// is lost.
     pub fn flush(&self) {
         if let Some(b) = &self.inner {
-            b.drain();
+            let mut out = b.out.lock().unwrap_or_else(|p| p.into_inner());
+            b.drain_into(&mut out, true);
         }
     }
 
@@ -223,8 +452,10 @@ impl AuditSink {
         let Some(b) = &self.inner else { return Ok(()) };
         let Some(path) = &b.path else { return Ok(()) };
         let mut out = b.out.lock().unwrap_or_else(|p| p.into_inner());
-        b.drain_into(&mut out);
-        out.0 = Box::new(open_append(path)?);
+        b.drain_into(&mut out, true);
+        let f = open_append(path)?;
+        out.size = f.metadata().map_or(0, |m| m.len());
+        out.file = Box::new(f);
         Ok(())
     }
 
@@ -233,15 +464,30 @@ impl AuditSink {
         self.inner.is_some()
     }
 
-    /// Queues one record.
+    /// The sink's health, for `/readyz`; `None` when auditing is off.
+    pub fn health(&self) -> Option<AuditHealth> {
+        let b = self.inner.as_ref()?;
+        Some(AuditHealth {
+            error: b.failing.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            write_errors: b.errors.load(Ordering::Relaxed),
+            dropped: b.dropped.load(Ordering::Relaxed),
+            unwritten_bytes: b.unwritten.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Queues one record, if its route's `audit` setting keeps it.
     pub fn write(&self, record: &Record) {
         let Some(b) = &self.inner else { return };
+        if !record.kept() {
+            return;
+        }
         let mut pending = b.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() < MAX_PENDING {
             record.write_json(&mut pending);
             return;
         }
         drop(pending);
+        crate::ops::metrics::global().audit_dropped(1);
         if b.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!("audit writer cannot keep up: dropping records (is the audit file on a slow or full disk?)");
         }
@@ -305,6 +551,8 @@ pub(crate) struct Record {
     pub start: Option<Instant>,
     /// Not written: the request body's byte counter.
     pub counted_in: Option<Arc<AtomicU64>>,
+    /// Not written: the route's `audit` setting (which records are kept).
+    pub sampling: AuditSampling,
 }
 
 impl Record {
@@ -336,6 +584,23 @@ impl Record {
             bytes_out: 0,
             start: Some(Instant::now()),
             counted_in: None,
+            sampling: AuditSampling::All,
+        }
+    }
+
+    /// Whether the route's `audit` setting keeps this record. Denials,
+    /// errors (status 400 and up, or none) and requests that carried no
+    /// token are always kept.
+    pub fn kept(&self) -> bool {
+        let always = || {
+            !(100..400).contains(&self.status)
+                || !matches!(self.action, AuditAction::Impersonate | AuditAction::IdToken)
+                || self.acting_as.is_none()
+        };
+        match self.sampling {
+            AuditSampling::All => true,
+            AuditSampling::Errors => always(),
+            AuditSampling::Sample(f) => always() || fastrand::f64() < f,
         }
     }
 
@@ -655,6 +920,40 @@ mod tests {
         assert_eq!(v["path"], "");
         assert_eq!(v["client"], "[2001:db8::1]:443");
         assert_eq!(v["duration_ms"], 2000.999);
+    }
+
+    #[test]
+    fn sampling_keeps_denials_errors_and_tokenless_requests() {
+        let with = |sampling, action, status, token: bool| {
+            let mut r = record();
+            r.sampling = sampling;
+            r.action = action;
+            r.status = status;
+            if !token {
+                r.acting_as = None;
+            }
+            r
+        };
+        use AuditAction::{Deny, IdToken, Impersonate, Passthrough};
+        for mode in [AuditSampling::Errors, AuditSampling::Sample(0.0)] {
+            // A success that carried a token: not kept.
+            assert!(!with(mode, Impersonate, 200, true).kept());
+            assert!(!with(mode, IdToken, 304, true).kept());
+            // Always kept.
+            assert!(with(mode, Impersonate, 403, true).kept());
+            assert!(with(mode, Impersonate, 503, true).kept());
+            assert!(with(mode, Impersonate, 0, true).kept());
+            assert!(with(mode, Impersonate, 200, false).kept());
+            assert!(with(mode, Passthrough, 200, false).kept());
+            assert!(with(mode, Deny, 403, false).kept());
+            assert!(with(mode, AuditAction::None, 400, false).kept());
+        }
+        assert!(with(AuditSampling::All, Impersonate, 200, true).kept());
+        assert!(with(AuditSampling::Sample(1.0), Impersonate, 200, true).kept());
+        let kept = (0..10_000)
+            .filter(|_| with(AuditSampling::Sample(0.1), Impersonate, 200, true).kept())
+            .count();
+        assert!((700..1300).contains(&kept), "{kept} of 10000 at 0.1");
     }
 
     #[test]

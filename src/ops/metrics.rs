@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::ops::audit::{IdentifiedBy, Listener};
+use crate::ops::conn::{IdentifiedBy, Listener};
 
 /// A label value shared with the config (route and client names): a
 /// reference-count bump per request, not a string copy.
@@ -81,12 +81,15 @@ pub(crate) struct Metrics {
     certs_minted: Counter,
     cert_cache: Gauge,
     mints: Family<MintLabels, Counter>,
+    refresh_retries: Family<SlotLabel, Counter>,
     expires_in: Family<SlotLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     source_refreshes: Counter,
     iam_latency: Histogram,
     reloads: Family<ResultLabel, Counter>,
     ready: Gauge,
     would_deny: Family<RouteLabel, Counter>,
+    audit_write_errors: Counter,
+    audit_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -110,12 +113,15 @@ impl Metrics {
             certs_minted: Counter::default(),
             cert_cache: Gauge::default(),
             mints: Family::default(),
+            refresh_retries: Family::default(),
             expires_in: Family::default(),
             source_refreshes: Counter::default(),
             iam_latency: latency_histogram(),
             reloads: Family::default(),
             ready: Gauge::default(),
             would_deny: Family::default(),
+            audit_write_errors: Counter::default(),
+            audit_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +160,11 @@ impl Metrics {
             m.mints.clone(),
         );
         registry.register(
+            "token_refresh_retries",
+            "Failed mints or refreshes of a slot's token that will be retried, by slot",
+            m.refresh_retries.clone(),
+        );
+        registry.register(
             "token_expires_in_seconds",
             "Seconds until each slot's token expires (0 when it has none)",
             m.expires_in.clone(),
@@ -182,6 +193,16 @@ impl Metrics {
             "requests_would_deny",
             "Requests a report-mode deny route (enforce = false) matched and let through, by route",
             m.would_deny.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit writes that failed (full or unwritable disk); the records are kept and retried",
+            m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "audit_records_dropped",
+            "Audit records dropped: the queue or the backlog of unwritten records was full",
+            m.audit_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -251,6 +272,25 @@ impl Metrics {
             .get_or_create(&MintLabels {
                 slot: slot.to_owned(),
                 result: result.err().unwrap_or("ok").to_owned(),
+            })
+            .inc();
+    }
+
+    /// An audit write failed.
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
+    }
+
+    /// `n` audit records were dropped.
+    pub fn audit_dropped(&self, n: u64) {
+        self.audit_dropped.inc_by(n);
+    }
+
+    /// A slot's mint failed and is scheduled to be tried again.
+    pub fn token_refresh_retry(&self, slot: &str) {
+        self.refresh_retries
+            .get_or_create(&SlotLabel {
+                slot: slot.to_owned(),
             })
             .inc();
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::{HeaderValue, Method};
 
 use crate::config::{
-    parse_duration, parse_parent_proxy, Config, ConfigError, RouteActionConfig, RouteConfig,
+    parse_duration, parse_parent_proxy, AuditSampling, Config, ConfigError, RouteActionConfig,
+    RouteConfig,
 };
 use crate::google::{principal_email, TokenKind, TokenRequest};
 use crate::net::{parse_cidr, parse_client_host, HostPattern, NoProxy};
@@ -418,6 +419,7 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
     if let ActionSpec::Inject { request, .. } = &action {
         token_destinations(request, &hosts, &key)?;
     }
+    let audit = audit_sampling(r, &key)?;
     Ok(RuleSpec {
         name: r.name.clone(),
         hosts,
@@ -427,6 +429,7 @@ fn compile_rule(i: usize, r: &RouteConfig, clients: &[&str]) -> Result<RuleSpec,
         client_indices,
         action,
         enforce: r.enforce,
+        audit,
     })
 }
 
@@ -500,7 +503,19 @@ fn sign_as_rule(
             allow_token_assertions: r.allow_token_assertions,
         },
         enforce: true,
+        audit: audit_sampling(r, key)?,
     })
+}
+
+/// The route's `audit` mode (`all` when unset).
+fn audit_sampling(
+    r: &RouteConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<AuditSampling, ConfigError> {
+    match &r.audit {
+        Some(a) => AuditSampling::parse(a).map_err(|e| ConfigError::invalid(key("audit"), e)),
+        None => Ok(AuditSampling::All),
+    }
 }
 
 #[cfg(test)]
@@ -512,6 +527,20 @@ mod tests {
     /// Parses and checks, as start-up, reload and `check` do.
     fn compile(text: &str) -> Result<Checked, ConfigError> {
         check(&Config::parse(Path::new("test.toml"), text)?)
+    }
+
+    #[test]
+    fn a_bad_route_audit_mode_names_the_key() {
+        let err = compile(
+            "[[route]]\nname = \"r\"\nhosts = [\"storage.googleapis.com\"]\naction = \"passthrough\"\naudit = \"sample:5\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("route[0].audit") || err.contains("audit"),
+            "{err}"
+        );
+        assert!(err.contains("sample:0.01"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
-use crate::config::AuthorizationPolicy;
+use crate::config::{AuditSampling, AuthorizationPolicy};
 use crate::google::slot::Slot;
 use crate::google::{TokenKind, TokenRequest};
 use crate::net::HostPattern;
@@ -83,6 +83,8 @@ pub struct Route {
     /// `false`: a report-mode deny, which [`RouteTable::find_reporting`]
     /// reports and passes over.
     pub enforce: bool,
+    /// Which of its requests get an audit record (`audit = …`).
+    pub audit: AuditSampling,
     /// Its position in the table.
     index: u32,
 }
@@ -280,6 +282,8 @@ pub struct RuleSpec {
     pub action: ActionSpec,
     /// `false`: report mode (a deny that is audited, then passed over).
     pub enforce: bool,
+    /// Which of its requests are audited.
+    pub audit: AuditSampling,
 }
 
 /// The action of a [`RuleSpec`].
@@ -465,6 +469,7 @@ impl RouteTable {
                 action,
                 warm,
                 enforce: spec.enforce,
+                audit: spec.audit,
                 index: idx,
             });
         }

@@ -350,6 +350,7 @@ async fn route_and_forward(
         };
         record.route = Some(route.name.clone());
         record.action = route.action.audit();
+        record.sampling = route.audit;
         if let Action::Inject { slot, .. } = &route.action {
             record.acting_as = Some(slot.principal());
         }

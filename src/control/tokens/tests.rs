@@ -18,6 +18,8 @@ struct Scripted {
     mints: AtomicUsize,
     failing: Mutex<bool>,
     latency: Duration,
+    /// When each mint started.
+    calls: Mutex<Vec<Instant>>,
 }
 
 impl Scripted {
@@ -27,6 +29,7 @@ impl Scripted {
             mints: AtomicUsize::new(0),
             failing: Mutex::new(false),
             latency: Duration::from_millis(50),
+            calls: Mutex::new(Vec::new()),
         })
     }
 
@@ -44,6 +47,7 @@ impl Mint for Scripted {
         req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async move {
+            self.calls.lock().unwrap().push(Instant::now());
             tokio::time::sleep(self.latency).await;
             let n = self.mints.fetch_add(1, Ordering::SeqCst);
             if *self.failing.lock().unwrap() {
@@ -59,13 +63,25 @@ impl Mint for Scripted {
 }
 
 fn request() -> TokenRequest {
-    TokenRequest::access_token(
-        "reader@p.iam.gserviceaccount.com",
-        &[],
-        &[],
-        Duration::from_secs(3600),
-    )
-    .unwrap()
+    request_for("reader@p.iam.gserviceaccount.com")
+}
+
+/// A request for `target`: a test that reads the process-wide metrics uses
+/// a target (a slot label) of its own.
+fn request_for(target: &str) -> TokenRequest {
+    TokenRequest::access_token(target, &[], &[], Duration::from_secs(3600)).unwrap()
+}
+
+/// This slot's `token_refresh_retries_total`, from the process-wide metrics.
+fn retries_of(slot: &Slot) -> u64 {
+    let text = crate::ops::metrics::global().render(std::iter::empty());
+    let line = format!(
+        "impersonate_proxy_token_refresh_retries_total{{slot=\"{}\"}} ",
+        slot.request()
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.parse().unwrap())
 }
 
 fn bearer(slot: &Slot) -> String {
@@ -176,6 +192,9 @@ async fn a_first_mint_failure_is_reported_to_waiters() {
     let slot = registry.slot(request(), false);
     let err = slot.get().await.unwrap_err();
     assert!(err.iam_message() == Some(DENIED), "{err}");
+    // Never served, so not an expiry: the bare refusal.
+    assert!(!err.is_expired(), "{err:?}");
+    assert_eq!(slot.status(), SlotStatus::Expired);
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,8 +251,218 @@ fn refresh_delay_is_five_minutes_early_or_at_three_quarters() {
         assert!(long >= Duration::from_secs(3240) && long <= Duration::from_secs(3300));
         let short = refresh_delay(Duration::from_secs(20));
         assert!(short >= Duration::from_secs(14) && short <= Duration::from_secs(15));
-        assert!(refresh_delay(Duration::from_millis(10)) >= Duration::from_millis(5));
+        let tiny = refresh_delay(Duration::from_millis(10));
+        assert!(tiny >= Duration::from_micros(7000) && tiny <= Duration::from_micros(7500));
+        assert_eq!(refresh_delay(Duration::ZERO), Duration::ZERO);
     }
+}
+
+#[test]
+fn retry_delay_is_capped_by_a_tenth_of_the_time_left_with_a_floor() {
+    let ms = Duration::from_millis;
+    for _ in 0..1000 {
+        // Early in a long life the backoff decides.
+        assert_eq!(retry_delay(ms(500), Duration::from_secs(3600)), ms(500));
+        assert_eq!(
+            retry_delay(ms(30_000), Duration::from_secs(3600)),
+            ms(30_000)
+        );
+        // Late, a tenth of the time left, less up to a quarter of jitter.
+        let d = retry_delay(ms(30_000), Duration::from_secs(60));
+        assert!(d >= ms(4500) && d <= ms(6000), "{d:?}");
+        let d = retry_delay(ms(30_000), Duration::from_secs(10));
+        assert!(d >= ms(750) && d <= ms(1000), "{d:?}");
+        // Never under the floor on that account...
+        assert_eq!(retry_delay(ms(30_000), Duration::from_secs(1)), RETRY_FLOOR);
+        assert_eq!(retry_delay(ms(30_000), Duration::ZERO), RETRY_FLOOR);
+        // ...but never later than the backoff asked either.
+        assert_eq!(retry_delay(ms(100), Duration::from_secs(1)), ms(100));
+    }
+}
+
+/// The refresh keeps failing from the first mint until ten seconds before
+/// the token expires; when IAM answers again, the next retry is at most a
+/// tenth of the time left away, so readers never see a gap. (Before issue
+/// 21 the delay grew to 15–30 s whatever the time left, and most rounds
+/// had a gap.)
+#[tokio::test(start_paused = true)]
+async fn an_outage_that_ends_ten_seconds_before_expiry_leaves_no_gap() {
+    for round in 0..8 {
+        let minter = Scripted::new(Duration::from_secs(3600));
+        let registry = Registry::new(minter.clone());
+        let slot = registry.slot(request(), true);
+        slot.get().await.unwrap();
+        let expiry = Instant::now() + slot.expires_in().unwrap();
+        let first = bearer(&slot);
+        minter.fail(true);
+        while Instant::now() < expiry - Duration::from_secs(10) {
+            sleep(Duration::from_secs(1)).await;
+            assert_eq!(bearer(&slot), first, "round {round}");
+        }
+        minter.fail(false);
+        // A tenth of 10 s, plus the mint.
+        sleep_until(expiry - Duration::from_millis(8900)).await;
+        assert_ne!(bearer(&slot), first, "round {round}: not refreshed yet");
+        while Instant::now() < expiry + Duration::from_secs(5) {
+            sleep(Duration::from_millis(100)).await;
+            slot.load()
+                .unwrap_or_else(|e| panic!("round {round}: gap in service: {e}"));
+        }
+        assert_eq!(slot.last_error().map(|e| e.to_string()), None);
+    }
+}
+
+/// During an outage the refresher calls IAM at a measured pace: never a
+/// hot loop, retries closer together as expiry nears but never closer than
+/// the backoff or the floor allow (bar one last retry just before expiry),
+/// then the widening backoff once the token is gone. Every failed mint is
+/// counted in `token_refresh_retries_total` for the slot.
+#[tokio::test(start_paused = true)]
+async fn retries_during_an_outage_are_paced_by_the_time_left() {
+    let ms = Duration::from_millis;
+    let minter = Scripted::new(Duration::from_secs(20));
+    let registry = Registry::new(minter.clone());
+    let slot = registry.slot(request_for("paced@p.iam.gserviceaccount.com"), true);
+    slot.get().await.unwrap();
+    let expiry = Instant::now() + slot.expires_in().unwrap();
+    minter.fail(true);
+    sleep_until(expiry + Duration::from_secs(60)).await;
+    let calls = minter.calls.lock().unwrap().clone();
+    let failed = &calls[1..];
+    let (before, after): (Vec<Instant>, Vec<Instant>) = failed.iter().partition(|t| **t < expiry);
+    // The refresh starts at 75% of the lifetime (less jitter), 5–6 s left.
+    assert!(before[0] >= expiry - ms(6000) && before[0] <= expiry - ms(5000));
+    let mut short = 0;
+    for w in before.windows(2) {
+        let gap = w[1] - w[0];
+        // The mint's 50 ms, then at most a tenth of what was left, or
+        // the floor.
+        let left = expiry - (w[0] + minter.latency);
+        let most = minter.latency + (left / 10).max(RETRY_FLOOR);
+        assert!(gap <= most, "{gap:?} > {most:?} with {left:?} left");
+        assert!(gap >= minter.latency, "{gap:?}");
+        if gap < minter.latency + ms(125) {
+            short += 1;
+        }
+    }
+    assert!(
+        short <= 1,
+        "{short} retries closer than the backoff: {before:?}"
+    );
+    assert!(before.len() <= 40, "{} calls in 6 s", before.len());
+    // One last retry just before expiry.
+    let last = *before.last().unwrap();
+    assert!(
+        last >= expiry - LAST_RETRY_LEAD - minter.latency && last <= expiry - LAST_RETRY_LEAD,
+        "last retry {:?} before expiry",
+        expiry - last
+    );
+    // After expiry, the backoff keeps widening: a few calls a minute.
+    assert!(
+        (2..=8).contains(&after.len()),
+        "{} calls: {after:?}",
+        after.len()
+    );
+    for w in after.windows(2) {
+        assert!(w[1] - w[0] >= ms(1000), "{:?}", w[1] - w[0]);
+    }
+    assert_eq!(retries_of(&slot), failed.len() as u64);
+    // Still reported as an expiry with IAM's refusal as its cause.
+    let e = slot.last_error().unwrap();
+    assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+}
+
+/// Collects what a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failure whose cause is new is a warning; a retry that fails the same
+/// way again is a debug line, so an outage does not flood the log.
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_warned_once_and_its_repeats_are_debug_lines() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let minter = Scripted::new(Duration::from_secs(3600));
+    minter.fail(true);
+    let registry = Registry::new(minter.clone());
+    let slot = registry.slot(request_for("logged@p.iam.gserviceaccount.com"), true);
+    sleep(Duration::from_secs(10)).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines = |level: &str, what: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    };
+    let mints = minter.mints.load(Ordering::SeqCst);
+    assert!(mints >= 4, "{mints} mints");
+    assert_eq!(
+        lines("WARN", "token mint failed target_principal"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines("DEBUG", "token mint failed again target_principal"),
+        mints - 1,
+        "{text}"
+    );
+    assert_eq!(slot.status(), SlotStatus::Expired);
+}
+
+/// What the slot says in each state: fresh (no error), refreshing with the
+/// last failure, served to the last instant of the token's life, then
+/// failed closed with the cause; and fresh again when IAM answers.
+#[tokio::test(start_paused = true)]
+async fn the_token_is_served_to_its_last_instant_and_no_longer() {
+    let ms = Duration::from_millis;
+    let minter = Scripted::new(Duration::from_secs(20));
+    let registry = Registry::new(minter.clone());
+    let slot = registry.slot(request(), true);
+    slot.get().await.unwrap();
+    assert_eq!(slot.status(), SlotStatus::Fresh);
+    assert!(slot.last_error().is_none());
+    let expiry = Instant::now() + slot.expires_in().unwrap();
+    let first = bearer(&slot);
+    minter.fail(true);
+    sleep_until(expiry - ms(3000)).await;
+    assert_eq!(slot.status(), SlotStatus::Refreshing);
+    let e = slot.last_error().expect("the failed refresh's error");
+    assert!(!e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+    sleep_until(expiry - ms(1)).await;
+    assert_eq!(bearer(&slot), first);
+    assert_eq!(slot.status(), SlotStatus::Refreshing);
+    sleep_until(expiry + ms(1)).await;
+    assert_eq!(slot.status(), SlotStatus::Expired);
+    match slot.load() {
+        Err(Unavailable::Failed(e)) => {
+            assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("reader@p.iam.gserviceaccount.com"), "{text}");
+            assert!(text.contains(DENIED), "{text}");
+        }
+        other => panic!("served after expiry: {other:?}"),
+    }
+    minter.fail(false);
+    sleep(RETRY_MAX + Duration::from_secs(1)).await;
+    assert_eq!(slot.status(), SlotStatus::Fresh);
+    assert!(slot.last_error().is_none());
+    assert_ne!(bearer(&slot), first);
 }
 
 /// The metadata endpoint asks for slots from worker threads, each with a
