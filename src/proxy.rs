@@ -10,6 +10,7 @@
 
 mod idle;
 mod listener;
+mod park;
 mod refusals;
 pub mod reply;
 mod request;

@@ -21,7 +21,7 @@ use crate::net::{full_body, normalize_host, parse_client_host, ClientHost, Proxy
 use crate::ops::audit::AuditAction;
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
-use crate::proxy::idle::{ActiveIo, Activity, Expired, Retirement};
+use crate::proxy::idle::{ActiveIo, Activity, Retirement};
 use crate::proxy::request::{self, Origin, Target};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, ConnPermit, DataPlane};
@@ -283,26 +283,8 @@ async fn intercept(
             }
         }
     } else {
-        let io = TokioIo::new(ActiveIo::new(tls, activity.clone()));
-        let conn = shared.h1.serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shared.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-            e = activity.watch(idle, Some(shared.limits.header_read_timeout)) => match e {
-                Expired::Idle => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                Expired::SlowHead => {
-                    tracing::debug!(host = %origin_host, "request head too slow; connection closed");
-                    Ok(())
-                }
-            },
-        }
+        // Between requests it gives back hyper's buffers (proxy/park.rs).
+        crate::proxy::park::serve_h1(&shared, tls, activity, svc, &origin_host).await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "intercepted connection ended with an error");

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 
 use super::{IdleList, Sticky};
 use crate::net::{ForwardError, Outbound, ProxyBody};
@@ -38,15 +37,17 @@ impl Upstream {
         &self.idle
     }
 
-    /// Forwards a client's request over the client connection's own
-    /// upstream connection (`sticky`): in the client's HTTP version, or
-    /// HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
+    /// Forwards a client's request over an upstream connection to the
+    /// client connection's host (`sticky`): in the client's HTTP version,
+    /// or HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
+    /// An HTTP/1.1 connection goes back to the idle list when the
+    /// response body ends.
     pub async fn forward(
         &self,
         req: Request<ProxyBody>,
         client_version: Version,
         sticky: &Sticky,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<ProxyBody>, ForwardError> {
         let (connector, h2) = self.outbound.connector(client_version >= Version::HTTP_2);
         let timeout = self.outbound.response_timeout();
         match tokio::time::timeout(timeout, sticky.send(connector, h2, req)).await {
