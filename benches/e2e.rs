@@ -8,7 +8,8 @@
 //! `-- --secs N` for N seconds per leg and round). `E2E_PROXY_PREFIX`
 //! runs the proxy under a profiler, e.g. "valgrind --tool=callgrind";
 //! `E2E_PROXY_BIN` runs another build of the proxy (an older commit, or
-//! one with another allocator) against the same bench.
+//! one with another allocator) against the same bench; `--no-nginx` leaves
+//! the nginx legs out.
 //!
 //! Where Debian's `nginx` is installed, the keep-alive legs also run
 //! through nginx as a TLS reverse proxy doing the same work (TLS in, the
@@ -965,8 +966,13 @@ fn main() {
     emu.grant_token_creator(SOURCE_SA, TARGET_SA);
     let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts, &emu, "");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // As many nginx workers as the proxy has (one per core).
-    let nginx = start_nginx(&dir, upstream, cores);
+    // As many nginx workers as the proxy has (one per core); `--no-nginx`
+    // leaves nginx out.
+    let nginx = if args.iter().any(|a| a == "--no-nginx") {
+        None
+    } else {
+        start_nginx(&dir, upstream, cores)
+    };
     let ends = Ends {
         upstream,
         upstream_tls: client_tls(&upstream_ca, b"h2"),

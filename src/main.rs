@@ -11,6 +11,14 @@ use impersonate_proxy::policy::explain::{Decision, Facts, Who};
 use impersonate_proxy::policy::routes::RouteTable;
 use impersonate_proxy::{ca, Config, Proxy};
 
+/// jemalloc, with background threads that give freed pages back to the
+/// system a second after they are freed: after a burst of connections
+/// the proxy's memory comes back, where glibc's malloc and mimalloc keep
+/// it (measured in benches/README.md). Its settings are in
+/// .cargo/config.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "impersonate-proxy",

@@ -77,16 +77,17 @@ where
                 }
             }
         }
-        let mut conn = shared.h1.serve_connection(TokioIo::new(io), svc);
+        // Boxed: its memory goes when it is parked.
+        let mut conn = Box::new(shared.h1.serve_connection(TokioIo::new(io), svc));
         tokio::select! {
-            r = &mut conn => return r,
+            r = &mut *conn => return r,
             _ = shared.shutdown.cancelled() => {
-                Pin::new(&mut conn).graceful_shutdown();
+                Pin::new(&mut *conn).graceful_shutdown();
                 return conn.await;
             }
             e = activity.watch(idle, Some(head)) => match e {
                 Expired::Idle => {
-                    Pin::new(&mut conn).graceful_shutdown();
+                    Pin::new(&mut *conn).graceful_shutdown();
                     return conn.await;
                 }
                 Expired::SlowHead => {
@@ -100,8 +101,8 @@ where
         // after flushing what it still had to write, and hands the stream
         // back open.
         activity.set_parking(true);
-        Pin::new(&mut conn).graceful_shutdown();
-        let ended = tokio::time::timeout(idle, &mut conn).await;
+        Pin::new(&mut *conn).graceful_shutdown();
+        let ended = tokio::time::timeout(idle, &mut *conn).await;
         activity.set_parking(false);
         match ended {
             Ok(Ok(())) => {}

@@ -188,8 +188,14 @@ async fn intercept(
 ) {
     let _open = crate::ops::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    // The handshake's and the serving's futures are boxed: this task lives
+    // as long as the connection, and inline they would all be sized into
+    // it (13 KiB a connection, most of an idle one's cost). Boxed, each
+    // takes memory only while it runs.
+    let acceptor = Box::pin(LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        TokioIo::new(upgraded),
+    ));
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -218,14 +224,15 @@ async fn intercept(
             return;
         }
     };
-    let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
+    let tls =
+        match tokio::time::timeout(handshake_timeout, Box::pin(start.into_stream(config))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin_host = target.host.clone();
     let origin = Arc::new(Origin::new(
@@ -257,8 +264,7 @@ async fn intercept(
     let result = if is_h2 {
         // HTTP/2 PINGs would count as activity: idleness is judged on
         // requests in flight only.
-        let conn = shared.h2.serve_connection(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), svc));
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.shutdown.cancelled() => {
@@ -284,7 +290,14 @@ async fn intercept(
         }
     } else {
         // Between requests it gives back hyper's buffers (proxy/park.rs).
-        crate::proxy::park::serve_h1(&shared, tls, activity, svc, &origin_host).await
+        Box::pin(crate::proxy::park::serve_h1(
+            &shared,
+            tls,
+            activity,
+            svc,
+            &origin_host,
+        ))
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "intercepted connection ended with an error");

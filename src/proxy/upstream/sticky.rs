@@ -11,9 +11,12 @@
 //! opens, none per request), and the list hands out the most recently
 //! returned connection first, so a client that sends its next request at
 //! once gets the connection it just used back (the one most likely to be
-//! warm and still open). The list keeps at most
-//! [`MAX_IDLE_PER_HOST`] connections per host per worker, each for at
-//! most [`IDLE_TIMEOUT`]; more are closed.
+//! warm and still open). The list keeps [`MAX_IDLE_PER_HOST`] connections
+//! per host per worker for up to [`IDLE_TIMEOUT`]; during a burst it keeps
+//! more (up to [`tune::MAX_IDLE_BURST`]), since under load every one of
+//! them is taken again within moments and closing them would cost a
+//! handshake each, and closes those beyond the cap once they have been
+//! idle for [`tune::IDLE_SURPLUS_TIMEOUT`].
 //!
 //! HTTP/2 client connections (gRPC) share one multiplexed upstream
 //! connection per host and worker, held the same way, so no request pays
@@ -62,6 +65,8 @@ struct HostIdle {
     /// The host answered an offer of HTTP/2 with HTTP/1.1: HTTP/2
     /// clients take its HTTP/1.1 connections too.
     h1_only: AtomicBool,
+    /// A task is closing the connections beyond the cap.
+    trimming: AtomicBool,
 }
 
 impl HostIdle {
@@ -78,12 +83,12 @@ impl HostIdle {
 
     /// Keeps `sender`, whose last response has ended (hyper may not have
     /// marked it ready yet: the next request waits for that).
-    fn put(&self, sender: SendRequest<ProxyBody>) {
+    fn put(self: &Arc<Self>, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        if list.len() >= MAX_IDLE_PER_HOST {
+        if list.len() >= tune::MAX_IDLE_BURST {
             // The oldest is the first to be closed by the server anyway.
             list.remove(0);
         }
@@ -91,6 +96,54 @@ impl HostIdle {
             since: Instant::now(),
             sender,
         });
+        let over = list.len() > MAX_IDLE_PER_HOST;
+        drop(list);
+        if over && !self.trimming.swap(true, Ordering::Relaxed) {
+            self.trim_later();
+        }
+    }
+
+    /// Closes the connections beyond [`MAX_IDLE_PER_HOST`] as they pass
+    /// [`tune::IDLE_SURPLUS_TIMEOUT`] unused, on this worker.
+    fn trim_later(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.trimming.store(false, Ordering::Relaxed);
+            return;
+        };
+        let host = self.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(tune::IDLE_SURPLUS_TIMEOUT).await;
+                if host.trim() {
+                    host.trimming.store(false, Ordering::Relaxed);
+                    // A put may have found the flag still set meanwhile.
+                    if !host.over_cap() || host.trimming.swap(true, Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Drops the oldest connections beyond the cap that have been idle
+    /// long enough; whether the list is now within the cap.
+    fn trim(&self) -> bool {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let surplus = list.len().saturating_sub(MAX_IDLE_PER_HOST);
+        let stale = list
+            .iter()
+            .take(surplus)
+            .take_while(|i| i.since.elapsed() >= tune::IDLE_SURPLUS_TIMEOUT || !usable(i))
+            .count();
+        list.drain(..stale);
+        if list.capacity() > 4 * MAX_IDLE_PER_HOST && list.len() <= MAX_IDLE_PER_HOST {
+            list.shrink_to(MAX_IDLE_PER_HOST);
+        }
+        list.len() <= MAX_IDLE_PER_HOST
+    }
+
+    fn over_cap(&self) -> bool {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).len() > MAX_IDLE_PER_HOST
     }
 
     fn prune(&self) -> usize {
