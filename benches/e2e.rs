@@ -50,6 +50,10 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Not rcgen's default name, which the leaf has too: OpenSSL (nginx)
+    // would take the leaf for self-signed.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench upstream CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
@@ -147,7 +151,10 @@ fn start_upstream(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
                 let s = match l.accept().await {
                     Ok((s, _)) => s,
                     Err(e) => {
-                        eprintln!("upstream accept: {e}");
+                        // Once: a proxy holding one upstream connection per
+                        // client runs this process out of descriptors.
+                        static SAID: std::sync::Once = std::sync::Once::new();
+                        SAID.call_once(|| eprintln!("upstream accept: {e} (said once)"));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -396,11 +403,10 @@ fn start_nginx(dir: &Path, upstream: SocketAddr, workers: usize) -> Option<Nginx
     std::fs::create_dir_all(&d).unwrap();
     let conf = format!(
         r#"worker_processes {workers};
-worker_rlimit_nofile 65536;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 daemon off;
-events {{ worker_connections 30000; }}
+events {{ worker_connections 20000; }}
 http {{
     access_log {d}/access.log combined buffer=64k flush=1s;
     client_body_temp_path {d}/body;
