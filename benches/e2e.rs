@@ -6,7 +6,21 @@
 //! `cargo bench --bench e2e` (add `-- --quick` for a shorter run, and
 //! `-- --only TEXT` to run only the legs whose name contains TEXT,
 //! `-- --secs N` for N seconds per leg and round). `E2E_PROXY_PREFIX`
-//! runs the proxy under a profiler, e.g. "valgrind --tool=callgrind".
+//! runs the proxy under a profiler, e.g. "valgrind --tool=callgrind";
+//! `E2E_PROXY_BIN` runs another build of the proxy (an older commit, or
+//! one with another allocator) against the same bench; `--no-nginx` leaves
+//! the nginx legs out.
+//!
+//! Where Debian's `nginx` is installed, the keep-alive legs also run
+//! through nginx as a TLS reverse proxy doing the same work (TLS in, the
+//! `Authorization` header set, TLS out to the same upstream over kept-alive
+//! connections, an access log line per request, as many workers as the
+//! proxy), and the idle-connection leg measures nginx's memory too.
+//!
+//! The fleet legs (`idle`, `10000`): a fresh proxy, N TLS connections
+//! through it (CONNECT, TLS, one request each) left idle; the proxy's RSS
+//! (/proc/PID/status) before, idle, under load (every connection sending)
+//! and after they all close.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -36,6 +50,10 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Not rcgen's default name, which the leaf has too: OpenSSL (nginx)
+    // would take the leaf for self-signed.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench upstream CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
@@ -60,7 +78,20 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
             )
             .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // nginx serves the same certificate as the reverse proxy.
+    std::fs::write(dir.join("upstream-cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("upstream-key.pem"), key.serialize_pem()).unwrap();
     (ca_pem, Arc::new(cfg))
+}
+
+/// Upstream connections open now (the proxy's, and nginx's).
+static UPSTREAM_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct OpenGuard;
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        UPSTREAM_OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn upstream_route(req: Request<Incoming>) -> Response<Body> {
@@ -117,10 +148,22 @@ fn start_upstream(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
             tx.send(l.local_addr().unwrap()).unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             loop {
-                let (s, _) = l.accept().await.unwrap();
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Once: a proxy holding one upstream connection per
+                        // client runs this process out of descriptors.
+                        static SAID: std::sync::Once = std::sync::Once::new();
+                        SAID.call_once(|| eprintln!("upstream accept: {e} (said once)"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let _ = s.set_nodelay(true);
                 let acceptor = acceptor.clone();
+                UPSTREAM_OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
+                    let _open = OpenGuard;
                     let Ok(tls) = acceptor.accept(s).await else {
                         return;
                     };
@@ -158,11 +201,50 @@ fn stat_cpu(path: &Path) -> u64 {
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Resident memory of `pids` together, KiB.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum()
+}
+
+/// `pid` and its child processes (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Raises this process's open-files limit (the proxy and nginx inherit
+/// it): 10,000 client connections, and as many upstream ones for a proxy
+/// that holds one per client.
+fn raise_open_files() {
+    use rlimit::Resource;
+    let want = 65_536;
+    if Resource::NOFILE.set(want, want).is_err() {
+        let _ = rlimit::increase_nofile_limit(want);
+    }
 }
 
 // ------------------------------------------------------------------ proxy
@@ -197,12 +279,19 @@ impl Drop for ProxyChild {
 const SOURCE_SA: &str = "bench-runner@emulator-project.iam.gserviceaccount.com";
 const TARGET_SA: &str = "bench-reader@emulator-project.iam.gserviceaccount.com";
 
+/// The proxy binary: this tree's, or `E2E_PROXY_BIN`.
+fn proxy_bin() -> String {
+    std::env::var("E2E_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_impersonate-proxy").to_string())
+}
+
 fn start_proxy(
     dir: &Path,
     upstream: SocketAddr,
     upstream_ca: &Path,
     hosts: usize,
     emu: &impersonate_proxy::emulator::Emulator,
+    extra: &str,
 ) -> ProxyChild {
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() {
@@ -219,7 +308,7 @@ fn start_proxy(
         ));
     }
     let cfg = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[[route]]\nname = \"bench\"\nhosts = [\"bench.googleapis.com\", \"*.bench.googleapis.com\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{}\", \"{}\"]\n[upstream.resolve]\n{resolve}",
+        "{extra}[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[[route]]\nname = \"bench\"\nhosts = [\"bench.googleapis.com\", \"*.bench.googleapis.com\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{}\", \"{}\"]\n[upstream.resolve]\n{resolve}",
         upstream_ca.display(),
         emu.ca_pem_path().display(),
         key = key.display(),
@@ -234,10 +323,10 @@ fn start_proxy(
     let mut child = match words.next() {
         Some(program) => {
             let mut c = Command::new(program);
-            c.args(words).arg(env!("CARGO_BIN_EXE_impersonate-proxy"));
+            c.args(words).arg(proxy_bin());
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_impersonate-proxy")),
+        None => Command::new(proxy_bin()),
     };
     let mut child = child
         .args(["run", "--config"])
@@ -262,6 +351,127 @@ fn start_proxy(
     }
 }
 
+// ------------------------------------------------------------------ nginx
+
+struct NginxChild {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for NginxChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_bin() -> Option<&'static str> {
+    ["nginx", "/usr/sbin/nginx"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// nginx as a TLS reverse proxy doing the proxy's work: TLS in (HTTP/1.1
+/// and HTTP/2), `Authorization` replaced, TLS out (verified, SNI) to the
+/// same upstream over kept-alive connections (32 idle per worker, as the
+/// proxy keeps), an access log line per request, `workers` workers.
+fn start_nginx(dir: &Path, upstream: SocketAddr, workers: usize) -> Option<NginxChild> {
+    let Some(bin) = nginx_bin() else {
+        println!("nginx legs skipped: no nginx here (apt-get install nginx; .ci/run installs it)");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = format!(
+        r#"worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections 20000; }}
+http {{
+    access_log {d}/access.log combined buffer=64k flush=1s;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream google {{
+        server {upstream};
+        keepalive 32;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {dir}/upstream-cert.pem;
+        ssl_certificate_key {dir}/upstream-key.pem;
+        location / {{
+            proxy_pass https://google;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host bench.googleapis.com;
+            proxy_set_header Authorization "Bearer ya29.a-token-of-the-length-iam-mints-for-a-service-account-0123456789abcdefghijklmnopqrstuvwxyz";
+            proxy_ssl_server_name on;
+            proxy_ssl_name bench.googleapis.com;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {dir}/upstream-ca.pem;
+            proxy_ssl_session_reuse on;
+        }}
+    }}
+}}
+"#,
+        d = d.display(),
+        dir = dir.display(),
+    );
+    let path = d.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&d)
+        .arg("-e")
+        .arg(d.join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let n = NginxChild { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            println!(
+                "nginx legs skipped: nginx did not listen; {}",
+                std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(n)
+}
+
 // ----------------------------------------------------------------- client
 
 #[derive(Clone)]
@@ -270,12 +480,15 @@ struct Ends {
     upstream_tls: Arc<rustls::ClientConfig>,
     proxy: SocketAddr,
     proxy_tls: Arc<rustls::ClientConfig>,
+    /// nginx as a reverse proxy (serves the upstream's certificate).
+    nginx: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Via {
     Direct,
     Proxy,
+    Nginx,
 }
 
 fn client_tls(ca: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
@@ -297,44 +510,60 @@ async fn open(
     host: &str,
     h2: bool,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    try_open(ends, via, host, h2).await.unwrap()
+}
+
+/// CONNECT (through the proxy) and TLS to `host`.
+async fn try_open(
+    ends: &Ends,
+    via: Via,
+    host: &str,
+    h2: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let e = |e: std::io::Error| e.to_string();
     let (stream, cfg) = match via {
         Via::Direct => (
-            TcpStream::connect(ends.upstream).await.unwrap(),
+            TcpStream::connect(ends.upstream).await.map_err(e)?,
+            &ends.upstream_tls,
+        ),
+        Via::Nginx => (
+            TcpStream::connect(ends.nginx.ok_or("no nginx")?)
+                .await
+                .map_err(e)?,
             &ends.upstream_tls,
         ),
         Via::Proxy => {
-            let mut s = TcpStream::connect(ends.proxy).await.unwrap();
+            let mut s = TcpStream::connect(ends.proxy).await.map_err(e)?;
             s.write_all(
                 format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes(),
             )
             .await
-            .unwrap();
+            .map_err(e)?;
             let mut head = Vec::new();
             let mut b = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).await.unwrap();
+                s.read_exact(&mut b).await.map_err(e)?;
                 head.push(b[0]);
             }
-            assert!(
-                head.starts_with(b"HTTP/1.1 200"),
-                "{}",
-                String::from_utf8_lossy(&head)
-            );
+            if !head.starts_with(b"HTTP/1.1 200") {
+                return Err(String::from_utf8_lossy(&head).to_string());
+            }
             (s, &ends.proxy_tls)
         }
     };
-    stream.set_nodelay(true).unwrap();
+    stream.set_nodelay(true).map_err(e)?;
     let mut cfg = (**cfg).clone();
     cfg.alpn_protocols = vec![if h2 {
         b"h2".to_vec()
     } else {
         b"http/1.1".to_vec()
     }];
-    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, stream)
         .await
-        .unwrap()
+        .map_err(e)
 }
 
 enum Sender {
@@ -529,11 +758,179 @@ async fn transfer(ends: &Ends, upload: bool, bytes: usize) -> f64 {
     bytes as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
+type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Opens `n` HTTP/1.1 connections via `via` (64 handshakes at a time), one
+/// request each, and leaves them open. Returns them and the failures.
+async fn open_idle(ends: &Ends, via: Via, n: usize) -> (Vec<H1>, Vec<String>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ends, gate) = (ends.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            let tls = try_open(&ends, via, "bench.googleapis.com", false).await?;
+            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(c);
+            let resp = s
+                .send_request(req("/64", false))
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status() != 200 {
+                return Err(format!("status {}", resp.status()));
+            }
+            drain(resp).await;
+            Ok::<H1, String>(s)
+        }));
+    }
+    let (mut open, mut failed) = (Vec::with_capacity(n), Vec::new());
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(s) => open.push(s),
+            Err(e) => failed.push(e),
+        }
+    }
+    (open, failed)
+}
+
+/// Every connection sends requests back to back for `dur`; returns
+/// requests/s and failures.
+async fn load_all(conns: &mut Vec<H1>, dur: Duration) -> (f64, usize) {
+    let deadline = Instant::now() + dur;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(conns.len());
+    for mut s in conns.drain(..) {
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                let r = async {
+                    s.ready().await?;
+                    s.send_request(req("/64", false)).await
+                }
+                .await;
+                match r {
+                    Ok(resp) if resp.status() == 200 => {
+                        drain(resp).await;
+                        ok += 1;
+                    }
+                    _ => {
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
+            (s, ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (s, o, f) = t.await.unwrap();
+        conns.push(s);
+        ok += o;
+        failed += f;
+    }
+    (ok as f64 / start.elapsed().as_secs_f64(), failed)
+}
+
+/// Samples `pids`' RSS every 100 ms until `stop`; the highest, KiB.
+fn sample_peak(
+    pids: Vec<u32>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kib(&pids));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peak.max(rss_kib(&pids))
+    })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The fleet leg: `n` idle keep-alive TLS connections through `via`
+/// (one request each): the server's RSS per idle connection, under load
+/// (when `load` is set), and after they all close.
+fn fleet_leg(
+    rt: &tokio::runtime::Runtime,
+    ends: &Ends,
+    via: Via,
+    pids: &dyn Fn() -> Vec<u32>,
+    n: usize,
+    load: Option<Duration>,
+    label: &str,
+) {
+    let up0 = UPSTREAM_OPEN.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(&pids());
+    let t = Instant::now();
+    let (mut conns, failed) = rt.block_on(open_idle(ends, via, n));
+    let opened_in = t.elapsed();
+    // Past the proxy's PARK_AFTER (1 s): the connections are idle.
+    std::thread::sleep(Duration::from_millis(2500));
+    let idle = rss_kib(&pids());
+    let up_idle = UPSTREAM_OPEN.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{label}: {} of {n} connections open ({} refused or failed{}) in {:.1} s; RSS before {}, with {} idle {} ({:.1} KiB per idle connection); upstream connections open {}",
+        conns.len(),
+        failed.len(),
+        failed.first().map(|e| format!(", first: {e}")).unwrap_or_default(),
+        opened_in.as_secs_f64(),
+        mib(before),
+        conns.len(),
+        mib(idle),
+        idle.saturating_sub(before) as f64 / conns.len().max(1) as f64,
+        up_idle.saturating_sub(up0),
+    );
+    if let Some(dur) = load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = sample_peak(pids(), stop.clone());
+        let (rps, failed) = rt.block_on(load_all(&mut conns, dur));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        println!(
+            "{label}: under load (all {} sending for {:.0} s): {rps:.0} req/s, {failed} failed; peak RSS {}; upstream connections open {}",
+            conns.len(),
+            dur.as_secs_f64(),
+            mib(peak),
+            UPSTREAM_OPEN
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(up0),
+        );
+    }
+    drop(conns);
+    let mut line = format!("{label}: after close: RSS");
+    let mut waited = Duration::ZERO;
+    for at in [3u64, 12] {
+        let until = Duration::from_secs(at);
+        std::thread::sleep(until - waited);
+        waited = until;
+        let now = rss_kib(&pids());
+        line.push_str(&format!(
+            " +{at} s {} ({:.2}× before)",
+            mib(now),
+            now as f64 / before.max(1) as f64
+        ));
+    }
+    line.push_str(&format!(
+        "; upstream connections still open {}",
+        UPSTREAM_OPEN
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(up0)
+    ));
+    println!("{line}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     // `--only TEXT`: run only the legs whose name contains TEXT
-    // ("handshake" and "memory" name the last two sections).
+    // ("handshake", "memory", "idle" and "10000" name the last sections).
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -552,6 +949,7 @@ fn main() {
     {
         dur = Duration::from_secs_f64(secs);
     }
+    raise_open_files();
     let dir = std::env::temp_dir().join(format!("ip-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (upstream_ca, server_tls) = tls_material(&dir);
@@ -572,12 +970,21 @@ fn main() {
         ))
         .unwrap();
     emu.grant_token_creator(SOURCE_SA, TARGET_SA);
-    let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts, &emu);
+    let proxy = start_proxy(&dir, upstream, &upstream_ca, hosts, &emu, "");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // As many nginx workers as the proxy has (one per core); `--no-nginx`
+    // leaves nginx out.
+    let nginx = if args.iter().any(|a| a == "--no-nginx") {
+        None
+    } else {
+        start_nginx(&dir, upstream, cores)
+    };
     let ends = Ends {
         upstream,
         upstream_tls: client_tls(&upstream_ca, b"h2"),
         proxy: proxy.addr,
         proxy_tls: client_tls(&proxy.ca_pem, b"h2"),
+        nginx: nginx.as_ref().map(|n| n.addr),
     };
     let proxy_stat = PathBuf::from(format!("/proc/{}/stat", proxy.child.id()));
     eprintln!("proxy pid {}", proxy.child.id());
@@ -591,8 +998,18 @@ fn main() {
             .unwrap_or(0)
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "leg", "direct/s", "proxy/s", "d p50µs", "p p50µs", "d p99µs", "p p99µs", "rps ×", "p50 ×"
+        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>10} {:>9}",
+        "leg",
+        "direct/s",
+        "proxy/s",
+        "d p50µs",
+        "p p50µs",
+        "d p99µs",
+        "p p99µs",
+        "rps ×",
+        "p50 ×",
+        "nginx/s",
+        "p/nginx ×"
     );
     let legs: [(&str, bool, usize, usize, &'static str); 6] = [
         ("h1 keep-alive c=1", false, 1, 1, "/64"),
@@ -616,8 +1033,12 @@ fn main() {
             if !wanted(name) {
                 continue;
             }
-            let (mut d, mut p) = (Vec::new(), Vec::new());
+            let (mut d, mut p, mut g) = (Vec::new(), Vec::new(), Vec::new());
+            let with_nginx = ends.nginx.is_some() && path == "/64";
             for _ in 0..rounds {
+                if with_nginx {
+                    g.push(keepalive(&ends, Via::Nginx, h2, conns, streams, path, dur).await.rps);
+                }
                 let up0 = thread_cpu("upstream");
                 d.push(keepalive(&ends, Via::Direct, h2, conns, streams, path, dur).await);
                 let up1 = thread_cpu("upstream");
@@ -642,14 +1063,22 @@ fn main() {
             let d99 = median(d.iter().map(|s| s.p99_us).collect());
             let p99 = median(p.iter().map(|s| s.p99_us).collect());
             let unit = if big { " MB/s" } else { "" };
+            let (gm, gr) = if g.is_empty() {
+                ("—".to_string(), "—".to_string())
+            } else {
+                let gm = median(g);
+                (format!("{gm:.0}"), format!("{:.2}", pm / gm))
+            };
             println!(
-                "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2}",
+                "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>10} {:>9}",
                 name,
                 format!("{dm:.0}{unit}"),
                 format!("{pm:.0}{unit}"),
                 d50, p50, d99, p99,
                 pm / dm,
-                p50 / d50
+                p50 / d50,
+                gm,
+                gr
             );
         }
         if let Some(r) = cpu_ratio.take() {
@@ -677,7 +1106,7 @@ fn main() {
         if !wanted("memory") {
             break;
         }
-        let proxy = start_proxy(&dir, upstream, &upstream_ca, 0, &emu);
+        let proxy = start_proxy(&dir, upstream, &upstream_ca, 0, &emu, "");
         let ends = Ends {
             proxy: proxy.addr,
             proxy_tls: client_tls(&proxy.ca_pem, b"http/1.1"),
@@ -694,5 +1123,57 @@ fn main() {
             base as f64 / 1024.0
         );
     }
+
+    // Fleet legs: a fresh proxy each, so that its RSS is the leg's.
+    let fleet = [
+        ("idle 5000", 5000usize, Some(Duration::from_secs(2))),
+        ("10000 connections", 10_000, None),
+    ];
+    for (name, n, load) in fleet {
+        if !wanted(name) {
+            continue;
+        }
+        let proxy = start_proxy(
+            &dir,
+            upstream,
+            &upstream_ca,
+            0,
+            &emu,
+            "[limits]\nmax_connections = 20000\n",
+        );
+        let ends = Ends {
+            proxy: proxy.addr,
+            proxy_tls: client_tls(&proxy.ca_pem, b"http/1.1"),
+            ..ends.clone()
+        };
+        // Warm: the token minted, the leaf cached.
+        drop(rt.block_on(open_idle(&ends, Via::Proxy, 1)));
+        let pid = proxy.child.id();
+        fleet_leg(
+            &rt,
+            &ends,
+            Via::Proxy,
+            &|| vec![pid],
+            n,
+            load,
+            &format!("{name}, proxy"),
+        );
+        drop(proxy);
+        if name.starts_with("idle") {
+            if let Some(ng) = &nginx {
+                let pid = ng.child.id();
+                fleet_leg(
+                    &rt,
+                    &ends,
+                    Via::Nginx,
+                    &|| with_children(pid),
+                    n,
+                    load,
+                    &format!("{name}, nginx"),
+                );
+            }
+        }
+    }
+    drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,14 @@ use impersonate_proxy::policy::explain::{Decision, Facts, Who};
 use impersonate_proxy::policy::routes::RouteTable;
 use impersonate_proxy::{ca, Config, Proxy};
 
+/// jemalloc, with background threads that give freed pages back to the
+/// system a second after they are freed: after a burst of connections
+/// the proxy's memory comes back, where glibc's malloc and mimalloc keep
+/// it (measured in benches/README.md). Its settings are in
+/// .cargo/config.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "impersonate-proxy",
@@ -690,6 +698,7 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     if let Err(e) = impersonate_proxy::policy::check(&cfg) {
         return fail(2, e);
     }
+    raise_open_files(cfg.limits.max_connections);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -722,6 +731,35 @@ fn run(cfg: Config, path: Option<PathBuf>) -> ExitCode {
             Err(e) => fail(1, e),
         }
     })
+}
+
+/// Descriptors the proxy needs besides one per client connection: the
+/// listeners, upstream connections, the audit file, the config watcher.
+const OPEN_FILES_MARGIN: u64 = 1024;
+
+/// Raises the soft open-files limit to the hard one: every client
+/// connection is a descriptor (a spliced tunnel two), and the usual soft
+/// limit of 1,024 would refuse clients long before
+/// `limits.max_connections`. Says so when even the hard limit is short.
+fn raise_open_files(max_connections: usize) {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            return;
+        }
+    };
+    let needed = (max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            needed,
+            "the open-files limit (the hard `ulimit -n`) is below limits.max_connections + {OPEN_FILES_MARGIN}: clients beyond it will fail to connect; raise it (systemd LimitNOFILE=, docker --ulimit nofile=, or the container runtime's default) or lower limits.max_connections"
+        );
+    } else {
+        tracing::debug!(open_files = soft, "open-files limit");
+    }
 }
 
 /// The lines a user pastes into the shell of the program to proxy, ended

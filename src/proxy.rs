@@ -12,6 +12,7 @@
 mod accept;
 mod idle;
 mod listener;
+mod park;
 mod prefixed;
 mod refusals;
 pub mod reply;

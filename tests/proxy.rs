@@ -164,6 +164,88 @@ async fn an_http1_client_connection_keeps_its_upstream_connection_and_hands_it_o
 }
 
 #[tokio::test]
+async fn idle_http1_client_connections_hold_no_upstream_connection() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // One worker, so that every client connection draws on one idle list.
+    let w = world_with("idle-release", "workers = 1", "", "").await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = client(&w.proxy, HOST, false).await;
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+        // Stays open, idle.
+        clients.push(c);
+    }
+    assert_eq!(
+        w.seen.connections.load(Relaxed),
+        1,
+        "each idle client connection handed its upstream connection back"
+    );
+    // Parked after a second of quiet (proxy/park.rs): each still serves
+    // its next request, over the same upstream connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for c in &mut clients {
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+    }
+    assert_eq!(w.seen.requests.load(Relaxed), 8);
+    assert_eq!(w.seen.connections.load(Relaxed), 1);
+}
+
+/// Reads one response (a head and a `Content-Length` body) from `s`.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed mid-head");
+        out.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&out).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_split_and_pipelined_requests() {
+    let w = world("parked", "").await;
+    let mut s = tls_through(&w.proxy, "storage.googleapis.com:443", HOST, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let req = format!("GET /echo HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Quiet for longer than PARK_AFTER: parked. Then a head in two parts
+    // with a pause between (a started head is never parked), and a second
+    // request behind it in the same write.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET /echo HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rest = format!(
+        "st: {HOST}\r\n\r\nGET /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(rest.as_bytes()).await.unwrap();
+    for i in 0..2 {
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "response {i}: {resp}");
+        assert!(resp.contains("/echo"), "response {i}: {resp}");
+    }
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
 async fn http2_client_connections_share_one_upstream_connection_per_worker() {
     use std::sync::atomic::Ordering::Relaxed;
     let w = world_with("h2-shared", "workers = 1", "", "").await;

@@ -72,3 +72,73 @@ fn workers_that_cannot_start_make_the_process_exit_1() {
         "no limit made the workers fail to start"
     );
 }
+
+/// Starts the binary under `ulimit -Sn soft; ulimit -Hn hard` with
+/// `max_connections`; returns the soft open-files limit it runs with and
+/// what it logged until it listened.
+#[cfg(unix)]
+fn open_files_at_start(hard: u64, soft: u64, max_connections: usize) -> (u64, String) {
+    use std::io::{BufRead, BufReader};
+    let dir = support::tempdir(&format!("nofile-{hard}"));
+    let ca = Command::new(bin())
+        .args(["ca", "init", "--dir"])
+        .arg(dir.join("certs"))
+        .output()
+        .unwrap();
+    assert!(ca.status.success(), "{ca:?}");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!("[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[limits]\nmax_connections = {max_connections}\n[source]\ntype = \"access_token\"\ntoken_file = \"token.txt\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("token.txt"), "ya29.start-test\n").unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"ulimit -Sn {soft} && ulimit -Hn {hard} && exec "$0" run --config "$1""#
+        ))
+        .arg(bin())
+        .arg(&config)
+        .current_dir(&*dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut logs = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        logs.push_str(&line);
+        logs.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft_now = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    (soft_now, logs)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one_and_a_short_one_is_logged() {
+    let (soft, logs) = open_files_at_start(4096, 256, 100);
+    assert!(logs.contains("listening on"), "{logs}");
+    assert_eq!(soft, 4096, "{logs}");
+    assert!(!logs.contains("open-files limit"), "{logs}");
+    // 10,000 connections do not fit under 2,048 descriptors: said at start.
+    let (soft, logs) = open_files_at_start(2048, 256, 10_000);
+    assert_eq!(soft, 2048, "{logs}");
+    assert!(
+        logs.contains("open-files limit") && logs.contains("max_connections"),
+        "{logs}"
+    );
+}

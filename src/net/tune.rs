@@ -18,7 +18,24 @@ pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// An idle upstream connection is closed after this long unused.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle upstream connections kept per host (per worker for forwarding).
-pub const MAX_IDLE_PER_HOST: usize = 256;
+/// Client connections hold an upstream connection only while a response
+/// streams, so this many cover a worker's bursts; more would only hold
+/// memory and the upstream's places after the burst (nginx's `keepalive`
+/// is per worker too, and its examples use 16–32).
+pub const MAX_IDLE_PER_HOST: usize = 32;
+/// During a burst (more responses ending than requests starting), up to
+/// this many idle upstream connections per host per worker are kept for
+/// the requests about to come, instead of closing them and opening new
+/// ones a moment later.
+pub const MAX_IDLE_BURST: usize = 1024;
+/// Idle upstream connections beyond [`MAX_IDLE_PER_HOST`] are closed once
+/// unused for this long: a burst's connections go soon after it ends.
+pub const IDLE_SURPLUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// An HTTP/1.1 client connection with nothing in flight for this long
+/// gives back hyper's buffers (`proxy::park`) and waits for its next
+/// request holding only its TLS session. Under load a connection is
+/// never this quiet, so the busy path is unchanged.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 /// The listeners' accept backlog: deep enough for a burst of clients
 /// waiting for a place under `max_connections` (the default of 128 drops
 /// them).

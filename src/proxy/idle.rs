@@ -14,15 +14,21 @@
 //! new replicas get no share of it until it is asked to reconnect. The
 //! cost is one handshake per connection per age; with the age unset, no
 //! clock is read.
+//!
+//! And it tells when an HTTP/1.1 connection is between requests and quiet
+//! ([`Activity::parkable`]), so that `proxy::park` can give back hyper's
+//! buffers while it idles; [`ActiveIo`] holds the bytes read while parked
+//! and keeps the stream open when hyper lets a parked connection go.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// When a client connection is to be retired: `limits.max_connection_age`
@@ -74,6 +80,9 @@ pub(crate) struct Activity {
     /// When the request head being read started (ms since `start`), or
     /// [`NO_HEAD`]. Starts at 0: the first head is timed from the accept.
     head_ms: AtomicU64,
+    /// Set while hyper lets go of a parked connection: its shutdown must
+    /// not close the stream.
+    parking: AtomicBool,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -94,7 +103,33 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_ms: AtomicU64::new(0),
+            parking: AtomicBool::new(false),
         })
+    }
+
+    /// Completes once the connection is between requests (one has been
+    /// served, nothing is in flight, no next head has started) and no
+    /// bytes have moved for `after`.
+    pub async fn parkable(&self, after: Duration) {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let since = self
+                .now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            let between = self.inflight.load(Ordering::Relaxed) == 0
+                && self.head_ms.load(Ordering::Relaxed) == NO_HEAD;
+            if between && since >= after_ms {
+                return;
+            }
+            let wait = if between { after_ms - since } else { after_ms };
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        }
+    }
+
+    /// While set, shutting the connection's [`ActiveIo`] down leaves the
+    /// stream open (hyper ends a parked connection with a shutdown).
+    pub fn set_parking(&self, on: bool) {
+        self.parking.store(on, Ordering::Relaxed);
     }
 
     /// Bytes arrived from the client: if no request is in flight and no
@@ -169,15 +204,53 @@ impl Drop for InFlight {
     }
 }
 
-/// An I/O object that records activity whenever bytes move.
+/// An I/O object that records activity whenever bytes move, and that
+/// reads first the bytes put back with [`ActiveIo::unread`].
 pub(crate) struct ActiveIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// Read from the stream but not consumed yet: served before it.
+    pre: Bytes,
 }
 
 impl<T> ActiveIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        ActiveIo { inner, activity }
+        ActiveIo {
+            inner,
+            activity,
+            pre: Bytes::new(),
+        }
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.pre.is_empty() {
+            self.pre = bytes;
+        } else {
+            let mut b = BytesMut::with_capacity(bytes.len() + self.pre.len());
+            b.extend_from_slice(&bytes);
+            b.extend_from_slice(&self.pre);
+            self.pre = b.freeze();
+        }
+    }
+
+    /// Whether bytes put back are waiting to be read.
+    pub fn has_unread(&self) -> bool {
+        !self.pre.is_empty()
+    }
+}
+
+impl<T: AsyncRead + Unpin> ActiveIo<T> {
+    /// Waits for the next byte and puts it back; false at the end of the
+    /// stream. Holds no buffer while it waits.
+    pub async fn read_ahead(&mut self) -> io::Result<bool> {
+        let mut b = [0u8; 1];
+        let n = self.read(&mut b).await?;
+        self.unread(Bytes::copy_from_slice(&b[..n]));
+        Ok(n > 0)
     }
 }
 
@@ -188,6 +261,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActiveIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.pre.is_empty() {
+            // Counted when they were first read.
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            if this.pre.is_empty() {
+                this.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -216,7 +299,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActiveIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.activity.parking.load(Ordering::Relaxed) {
+            // hyper lets go of a parked connection: the stream stays open.
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

@@ -16,9 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AuthorizationPolicy;
 use crate::google::slot::Slot;
 use crate::google::CredentialError;
-use crate::net::{
-    default_port, full_body, normalize_host, request_authority, stream_body, ProxyBody,
-};
+use crate::net::{default_port, full_body, normalize_host, request_authority, ProxyBody};
 use crate::ops::audit::{Listener, Record};
 use crate::ops::observe::{self, CountedIn};
 use crate::policy::clients::{ClientId, Presented};
@@ -465,7 +463,7 @@ async fn route_and_forward(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, stream_body(body))
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             let code = if e.is_timeout() {

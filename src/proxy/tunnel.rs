@@ -23,7 +23,7 @@ use crate::net::{
 use crate::ops::audit::{AuditAction, Listener};
 use crate::policy::clients::{ClientId, Presented};
 use crate::policy::Policy;
-use crate::proxy::idle::{ActiveIo, Activity, Expired, Retirement};
+use crate::proxy::idle::{ActiveIo, Activity, Retirement};
 use crate::proxy::request::{self, Origin, Target};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{reply, ConnPermit, DataPlane};
@@ -200,7 +200,14 @@ pub(crate) async fn intercept<I>(
 {
     let _open = crate::ops::metrics::global().tunnel();
     let handshake_timeout = shared.limits.header_read_timeout;
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    // The handshake's and the serving's futures are boxed: this task lives
+    // as long as the connection, and inline they would all be sized into
+    // it (13 KiB a connection, most of an idle one's cost). Boxed, each
+    // takes memory only while it runs.
+    let acceptor = Box::pin(LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        io,
+    ));
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -229,14 +236,15 @@ pub(crate) async fn intercept<I>(
             return;
         }
     };
-    let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
+    let tls =
+        match tokio::time::timeout(handshake_timeout, Box::pin(start.into_stream(config))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin_host = target.host.clone();
     let origin = Arc::new(Origin::new(
@@ -269,8 +277,7 @@ pub(crate) async fn intercept<I>(
     let result = if is_h2 {
         // HTTP/2 PINGs would count as activity: idleness is judged on
         // requests in flight only.
-        let conn = shared.h2.serve_connection(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), svc));
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.shutdown.cancelled() => {
@@ -295,26 +302,15 @@ pub(crate) async fn intercept<I>(
             }
         }
     } else {
-        let io = TokioIo::new(ActiveIo::new(tls, activity.clone()));
-        let conn = shared.h1.serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shared.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-            e = activity.watch(idle, Some(shared.limits.header_read_timeout)) => match e {
-                Expired::Idle => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                Expired::SlowHead => {
-                    tracing::debug!(host = %origin_host, "request head too slow; connection closed");
-                    Ok(())
-                }
-            },
-        }
+        // Between requests it gives back hyper's buffers (proxy/park.rs).
+        Box::pin(crate::proxy::park::serve_h1(
+            &shared,
+            tls,
+            activity,
+            svc,
+            &origin_host,
+        ))
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "intercepted connection ended with an error");

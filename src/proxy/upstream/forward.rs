@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 
 use super::{IdleList, Sticky};
 use crate::net::{ForwardError, Outbound, ProxyBody};
@@ -38,9 +37,11 @@ impl Upstream {
         &self.idle
     }
 
-    /// Forwards a client's request over the client connection's own
-    /// upstream connection (`sticky`): in the client's HTTP version, or
-    /// HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
+    /// Forwards a client's request over an upstream connection to the
+    /// client connection's host (`sticky`): in the client's HTTP version,
+    /// or HTTP/2 by ALPN for every client with `protocol = "prefer_h2"`.
+    /// An HTTP/1.1 connection goes back to the idle list when the
+    /// response body ends.
     /// `direct`: never through the parent proxy (a pinned plain `http://`
     /// target whose host `no_proxy` names).
     pub async fn forward(
@@ -49,7 +50,7 @@ impl Upstream {
         client_version: Version,
         sticky: &Sticky,
         direct: bool,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<ProxyBody>, ForwardError> {
         let (connector, h2) = self
             .outbound
             .connector(client_version >= Version::HTTP_2, direct);

@@ -1,13 +1,22 @@
-//! Upstream HTTP/1.1 connections kept per client connection.
+//! Upstream connections held by client connections, and each worker's
+//! idle ones.
 //!
-//! Every request on an intercepted connection goes to the same host, so an
-//! HTTP/1.1 client connection keeps the upstream connection its first
-//! request used, for as long as it lives, instead of checking one out of a
-//! pool per request (the checkout, its hashing and the return were a tenth
-//! of the proxy's instructions per request). When the client connection
-//! closes, its upstream connection goes back to the worker's idle list for
-//! the next client connection to the same host, so one-request clients
-//! (curl in a loop) still reuse upstream connections.
+//! Every request on an intercepted connection goes to the same host. An
+//! HTTP/1.1 upstream connection is held by a client connection while one
+//! of its responses streams, and goes back to the worker's idle list for
+//! that host the moment the response body ends, so a client connection
+//! that is idle holds no upstream connection: 5,000 idle clients share a
+//! handful of upstream connections instead of holding 5,000. The client
+//! connection keeps a handle on its host's list (one hash lookup when it
+//! opens, none per request), and the list hands out the most recently
+//! returned connection first, so a client that sends its next request at
+//! once gets the connection it just used back (the one most likely to be
+//! warm and still open). The list keeps [`MAX_IDLE_PER_HOST`] connections
+//! per host per worker for up to [`IDLE_TIMEOUT`]; during a burst it keeps
+//! more (up to [`tune::MAX_IDLE_BURST`]), since under load every one of
+//! them is taken again within moments and closing them would cost a
+//! handshake each, and closes those beyond the cap once they have been
+//! idle for [`tune::IDLE_SURPLUS_TIMEOUT`].
 //!
 //! HTTP/2 client connections (gRPC) share one multiplexed upstream
 //! connection per host and worker, held the same way, so no request pays
@@ -19,12 +28,18 @@
 //! a new connection; one that was sent is not (its body is gone).
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::{http2, TrySendError};
@@ -33,7 +48,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use crate::net::tune::{self, MAX_IDLE_PER_HOST, UPSTREAM_IDLE_TIMEOUT as IDLE_TIMEOUT};
-use crate::net::{error_chain, Connector, ForwardError, ProxyBody};
+use crate::net::{error_chain, BoxError, Connector, ForwardError, ProxyBody};
 
 type Key = (Scheme, Authority);
 
@@ -42,13 +57,113 @@ struct Idle {
     sender: SendRequest<ProxyBody>,
 }
 
+/// One host's idle HTTP/1.1 connections on one worker, most recently
+/// returned last.
+#[derive(Default)]
+struct HostIdle {
+    list: Mutex<Vec<Idle>>,
+    /// The host answered an offer of HTTP/2 with HTTP/1.1: HTTP/2
+    /// clients take its HTTP/1.1 connections too.
+    h1_only: AtomicBool,
+    /// A task is closing the connections beyond the cap.
+    trimming: AtomicBool,
+}
+
+impl HostIdle {
+    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        // Most recently used first: the least likely to have been closed.
+        while let Some(idle) = list.pop() {
+            if usable(&idle) {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender`, whose last response has ended (hyper may not have
+    /// marked it ready yet: the next request waits for that).
+    fn put(self: &Arc<Self>, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= tune::MAX_IDLE_BURST {
+            // The oldest is the first to be closed by the server anyway.
+            list.remove(0);
+        }
+        list.push(Idle {
+            since: Instant::now(),
+            sender,
+        });
+        let over = list.len() > MAX_IDLE_PER_HOST;
+        drop(list);
+        if over && !self.trimming.swap(true, Ordering::Relaxed) {
+            self.trim_later();
+        }
+    }
+
+    /// Closes the connections beyond [`MAX_IDLE_PER_HOST`] as they pass
+    /// [`tune::IDLE_SURPLUS_TIMEOUT`] unused, on this worker.
+    fn trim_later(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.trimming.store(false, Ordering::Relaxed);
+            return;
+        };
+        let host = self.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(tune::IDLE_SURPLUS_TIMEOUT).await;
+                if host.trim() {
+                    host.trimming.store(false, Ordering::Relaxed);
+                    // A put may have found the flag still set meanwhile.
+                    if !host.over_cap() || host.trimming.swap(true, Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Drops the oldest connections beyond the cap that have been idle
+    /// long enough; whether the list is now within the cap.
+    fn trim(&self) -> bool {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        let surplus = list.len().saturating_sub(MAX_IDLE_PER_HOST);
+        let stale = list
+            .iter()
+            .take(surplus)
+            .take_while(|i| i.since.elapsed() >= tune::IDLE_SURPLUS_TIMEOUT || !usable(i))
+            .count();
+        list.drain(..stale);
+        if list.capacity() > 4 * MAX_IDLE_PER_HOST && list.len() <= MAX_IDLE_PER_HOST {
+            list.shrink_to(MAX_IDLE_PER_HOST);
+        }
+        list.len() <= MAX_IDLE_PER_HOST
+    }
+
+    fn over_cap(&self) -> bool {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).len() > MAX_IDLE_PER_HOST
+    }
+
+    fn prune(&self) -> usize {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(usable);
+        if list.is_empty() {
+            // Give the memory back too: a burst may have grown it.
+            *list = Vec::new();
+        }
+        list.len()
+    }
+}
+
 type H2Sender = http2::SendRequest<ProxyBody>;
 
 /// A worker's upstream connections kept for reuse, by scheme and
 /// authority: idle HTTP/1.1 ones, and the shared HTTP/2 one.
 #[derive(Clone, Default)]
 pub(crate) struct IdleList {
-    h1: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    h1: Arc<Mutex<HashMap<Key, Arc<HostIdle>>>>,
     h2: Arc<Mutex<HashMap<Key, H2Sender>>>,
 }
 
@@ -72,47 +187,26 @@ impl IdleList {
             .insert(key, sender);
     }
 
-    fn take(&self, key: &Key) -> Option<SendRequest<ProxyBody>> {
+    /// The idle list of `key`'s host, made on first use.
+    fn host(&self, key: &Key) -> Arc<HostIdle> {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.get_mut(key)?;
-        let mut found = None;
-        // Most recently used first: the least likely to have been closed.
-        while let Some(idle) = list.pop() {
-            if usable(&idle) {
-                found = Some(idle.sender);
-                break;
-            }
+        if let Some(h) = map.get(key) {
+            return h.clone();
         }
-        if list.is_empty() {
-            map.remove(key);
-        }
-        found
-    }
-
-    fn put(&self, key: Key, sender: SendRequest<ProxyBody>) {
-        // Only a connection with no response still streaming can be reused.
-        if !sender.is_ready() {
-            return;
-        }
-        let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(key).or_default();
-        if list.len() >= MAX_IDLE_PER_HOST {
-            list.remove(0);
-        }
-        list.push(Idle {
-            since: Instant::now(),
-            sender,
-        });
+        let h = Arc::new(HostIdle::default());
+        map.insert(key.clone(), h.clone());
+        h
     }
 
     /// Drops (and so closes) connections idle for longer than
-    /// [`IDLE_TIMEOUT`] or closed by the server.
+    /// [`IDLE_TIMEOUT`] or closed by the server, and forgets hosts that no
+    /// client connection is using and that have none left.
     pub fn prune(&self) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, list| {
-            list.retain(usable);
-            !list.is_empty()
-        });
+        map.retain(|_, host| host.prune() > 0 || Arc::strong_count(host) > 1);
+        if map.is_empty() {
+            *map = HashMap::new();
+        }
         drop(map);
         self.h2
             .lock()
@@ -125,11 +219,15 @@ fn usable(idle: &Idle) -> bool {
     idle.since.elapsed() < IDLE_TIMEOUT && !idle.sender.is_closed()
 }
 
-/// The upstream connection of one client connection: empty until its
-/// first request, returned to the idle list when dropped.
+/// A client connection's way to its host's upstream connections: an
+/// HTTP/1.1 one is taken per request and rides with the response body,
+/// which hands it back to the worker's idle list when it ends; the shared
+/// HTTP/2 one is held.
 pub(crate) struct Sticky {
     key: Key,
-    held: Mutex<Option<Sender>>,
+    held: Mutex<Option<H2Sender>>,
+    /// This host's idle HTTP/1.1 connections on this worker.
+    host: Arc<HostIdle>,
     idle: IdleList,
 }
 
@@ -140,13 +238,6 @@ enum Sender {
 }
 
 impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
     async fn ready(&mut self) -> hyper::Result<()> {
         match self {
             Sender::H1(s) => s.ready().await,
@@ -188,21 +279,13 @@ impl std::fmt::Debug for Sticky {
     }
 }
 
-impl Drop for Sticky {
-    fn drop(&mut self) {
-        let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
-        // An HTTP/2 connection stays shared in the worker's list.
-        if let Some(Sender::H1(sender)) = held.take() {
-            self.idle.put(self.key.clone(), sender);
-        }
-    }
-}
-
 impl Sticky {
     /// For a client connection whose requests all go to `authority`.
     pub fn new(idle: &IdleList, scheme: Scheme, authority: Authority) -> Sticky {
+        let key = (scheme, authority);
         Sticky {
-            key: (scheme, authority),
+            host: idle.host(&key),
+            key,
             held: Mutex::new(None),
             idle: idle.clone(),
         }
@@ -214,34 +297,32 @@ impl Sticky {
     }
 
     fn take(&self, h2: bool) -> Option<Sender> {
+        if !h2 {
+            return self.host.take().map(Sender::H1);
+        }
         let held = self
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .filter(|s| !s.is_closed());
-        held.or_else(|| {
-            if h2 {
-                self.idle.h2(&self.key).map(Sender::H2)
-            } else {
-                self.idle.take(&self.key).map(Sender::H1)
-            }
-        })
-    }
-
-    fn keep(&self, sender: Sender) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        match held.or_else(|| self.idle.h2(&self.key)) {
+            Some(s) => Some(Sender::H2(s)),
+            None if self.host.h1_only.load(Ordering::Relaxed) => self.host.take().map(Sender::H1),
+            None => None,
+        }
     }
 
     /// Sends `req` (absolute URI, for this connection's authority) over
-    /// the kept connection, a reusable one, or a new one from `connector`
-    /// (which offers `h2` when `h2` is set, for HTTP/2 clients).
+    /// the held connection, a reusable one, or a new one from `connector`
+    /// (which offers `h2` when `h2` is set, for HTTP/2 clients). The
+    /// response's body hands the connection back when it ends.
     pub async fn send(
         &self,
         connector: &Connector,
         h2: bool,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<ProxyBody>, ForwardError> {
         let host = || self.host();
         let mut reused = self.take(h2);
         loop {
@@ -255,8 +336,10 @@ impl Sticky {
                             cause,
                         }
                     })?;
-                    if let Sender::H2(s) = &new {
-                        self.idle.set_h2(self.key.clone(), s.clone());
+                    match &new {
+                        Sender::H2(s) => self.idle.set_h2(self.key.clone(), s.clone()),
+                        Sender::H1(_) if h2 => self.host.h1_only.store(true, Ordering::Relaxed),
+                        Sender::H1(_) => {}
                     }
                     new
                 }
@@ -274,8 +357,16 @@ impl Sticky {
             }
             match sender.try_send(req, &self.key.1).await {
                 Ok(resp) => {
-                    self.keep(sender);
-                    return Ok(resp);
+                    return Ok(match sender {
+                        Sender::H1(s) => {
+                            let back = (s, self.host.clone());
+                            resp.map(|body| Releasing::boxed(body, back))
+                        }
+                        Sender::H2(s) => {
+                            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+                            resp.map(|body| BodyExt::boxed(body.map_err(BoxError::from)))
+                        }
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection had closed. Retry once,
@@ -289,6 +380,68 @@ impl Sticky {
                     }
                 },
             }
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream response body that hands its connection back to
+/// the idle list when it ends (read to its end, or dropped once hyper has
+/// seen its end: a body of known length is not polled past its last
+/// byte). A body dropped before its end leaves the connection unusable:
+/// it is closed.
+struct Releasing {
+    inner: Incoming,
+    back: Option<(SendRequest<ProxyBody>, Arc<HostIdle>)>,
+}
+
+impl Releasing {
+    fn boxed(inner: Incoming, back: (SendRequest<ProxyBody>, Arc<HostIdle>)) -> ProxyBody {
+        BodyExt::boxed(Releasing {
+            inner,
+            back: Some(back),
+        })
+    }
+
+    fn ended(&mut self) {
+        if let Some((sender, host)) = self.back.take() {
+            host.put(sender);
+        }
+    }
+}
+
+impl Body for Releasing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match r {
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(r)) => Poll::Ready(Some(r.map_err(BoxError::from))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.ended();
         }
     }
 }
