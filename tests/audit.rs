@@ -216,12 +216,14 @@ async fn only_max_files_rotated_files_are_kept() {
 /// inside a mount namespace of its own.
 const FULL_DISK: &str = "IMPERSONATE_PROXY_TEST_FULL_DISK";
 
-/// The audit file sits on a 1 MiB tmpfs (mounted in a mount namespace of
+/// The audit file sits on a 64 MiB tmpfs (mounted in a mount namespace of
 /// the test's own: `unshare -m`, or `-rm` when not root, so it works as
 /// root, where permissions would not stop a write). Mid-load the disk
 /// fills up: requests keep succeeding, `audit_write_errors_total` moves,
 /// `/readyz` stays 200 and says what is wrong; once there is room again
-/// the records kept meanwhile are written, each exactly once.
+/// the records kept meanwhile are written, each exactly once. The tmpfs
+/// is larger than the 16 MiB backlog the sink keeps, so the backlog always
+/// fits once the filler is gone, however fast the load runs.
 #[tokio::test]
 async fn a_full_audit_disk_does_not_stop_serving_and_is_reported() {
     const NAME: &str = "a_full_audit_disk_does_not_stop_serving_and_is_reported";
@@ -236,7 +238,7 @@ async fn a_full_audit_disk_does_not_stop_serving_and_is_reported() {
                     "--",
                     "sh",
                     "-c",
-                    "mount -t tmpfs -o size=1m tmpfs \"$MOUNT\" && exec \"$0\" \"$@\"",
+                    "mount -t tmpfs -o size=64m tmpfs \"$MOUNT\" && exec \"$0\" \"$@\"",
                 ])
                 .arg(&exe)
                 .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
