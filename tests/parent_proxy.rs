@@ -411,7 +411,12 @@ async fn requests_and_token_calls_go_through_the_parent_and_reach_the_emulator_a
     // The parent's own log: the token mint (OAuth token endpoint, IAM)
     // and the forwarded requests (Storage, Pub/Sub) each CONNECTed
     // through it.
-    for host in impersonate_proxy::emulator::HOSTS {
+    for host in [
+        "oauth2.googleapis.com",
+        "iamcredentials.googleapis.com",
+        "storage.googleapis.com",
+        "pubsub.googleapis.com",
+    ] {
         assert!(
             w.parent.saw_connect(&w.target(host)).await,
             "no CONNECT for {host} ({}) in tinyproxy's log:\n{}",
