@@ -106,35 +106,7 @@ pub(crate) async fn generate(
         }
     };
     let uri = format!("{IAM_BASE}/{}:{method}", resource_name(target));
-    let mut bearer =
-        HeaderValue::try_from(format!("Bearer {}", source.expose_secret())).map_err(|_| {
-            CredentialError::BadResponse {
-                endpoint: "source credential".to_owned(),
-                message: "its token is not a valid header value".to_owned(),
-            }
-        })?;
-    bearer.set_sensitive(true);
-    let body = body.to_string();
-    let started = std::time::Instant::now();
-    let answer = http
-        .send_retrying(&uri, || {
-            Request::post(&uri)
-                .header(header::AUTHORIZATION, bearer.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json")
-                .body(full_body(body.clone()))
-                .map_err(|e| bad_uri(&uri, e))
-        })
-        .await;
-    crate::ops::metrics::global().iam_call(started.elapsed());
-    let answer = answer?;
-    if !answer.status.is_success() {
-        return Err(CredentialError::Iam {
-            target: target.to_owned(),
-            status: answer.status.as_u16(),
-            message: google_error_message(&answer.body),
-        });
-    }
+    let answer = post(http, &uri, source, body.to_string(), target).await?;
     let bad = |message: String| CredentialError::BadResponse {
         endpoint: host_of(&uri),
         message,
@@ -175,6 +147,47 @@ pub(crate) async fn generate(
 /// `2024-05-01T10:00:00Z` or `2024-05-01T10:00:00.123456789Z`.
 pub(crate) fn parse_expire_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s.trim()).ok()
+}
+
+/// POSTs a JSON `body` to an IAM Credentials `uri` with the source
+/// credential (a sensitive header), counted in the IAM call metric; a
+/// refusal becomes [`CredentialError::Iam`] naming `target`.
+pub(super) async fn post(
+    http: &Http,
+    uri: &str,
+    source: &Token,
+    body: String,
+    target: &str,
+) -> Result<Answer, CredentialError> {
+    let mut bearer =
+        HeaderValue::try_from(format!("Bearer {}", source.expose_secret())).map_err(|_| {
+            CredentialError::BadResponse {
+                endpoint: "source credential".to_owned(),
+                message: "its token is not a valid header value".to_owned(),
+            }
+        })?;
+    bearer.set_sensitive(true);
+    let started = std::time::Instant::now();
+    let answer = http
+        .send_retrying(uri, || {
+            Request::post(uri)
+                .header(header::AUTHORIZATION, bearer.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json")
+                .body(full_body(body.clone()))
+                .map_err(|e| bad_uri(uri, e))
+        })
+        .await;
+    crate::ops::metrics::global().iam_call(started.elapsed());
+    let answer = answer?;
+    if !answer.status.is_success() {
+        return Err(CredentialError::Iam {
+            target: target.to_owned(),
+            status: answer.status.as_u16(),
+            message: google_error_message(&answer.body),
+        });
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use http::{header, HeaderValue, Request};
+use http::{header, Request};
 use serde::Deserialize;
 
 use super::iam::{host_of, IAM_BASE};
@@ -38,18 +38,6 @@ pub struct Signed {
     pub signature: String,
 }
 
-fn bearer(source: &Token) -> Result<HeaderValue, CredentialError> {
-    let mut v =
-        HeaderValue::try_from(format!("Bearer {}", source.expose_secret())).map_err(|_| {
-            CredentialError::BadResponse {
-                endpoint: "source credential".to_owned(),
-                message: "its token is not a valid header value".to_owned(),
-            }
-        })?;
-    v.set_sensitive(true);
-    Ok(v)
-}
-
 /// Calls `signBlob` (`payload` is raw bytes) or `signJwt` (`payload` is
 /// a JSON claims set) for `target` through `delegates`, with `source` as
 /// the bearer.
@@ -63,28 +51,8 @@ async fn call(
 ) -> Result<Signed, CredentialError> {
     let delegates: Vec<String> = delegates.iter().map(|d| resource_name(d)).collect();
     let uri = format!("{IAM_BASE}/{}:{method}", resource_name(target));
-    let bearer = bearer(source)?;
     let body = serde_json::json!({"delegates": delegates, "payload": payload}).to_string();
-    let started = std::time::Instant::now();
-    let answer = http
-        .send_retrying(&uri, || {
-            Request::post(&uri)
-                .header(header::AUTHORIZATION, bearer.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json")
-                .body(full_body(body.clone()))
-                .map_err(|e| bad_uri(&uri, e))
-        })
-        .await;
-    crate::ops::metrics::global().iam_call(started.elapsed());
-    let answer = answer?;
-    if !answer.status.is_success() {
-        return Err(CredentialError::Iam {
-            target: target.to_owned(),
-            status: answer.status.as_u16(),
-            message: google_error_message(&answer.body),
-        });
-    }
+    let answer = super::iam::post(http, &uri, source, body, target).await?;
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Answer {
