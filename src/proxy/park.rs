@@ -17,6 +17,7 @@
 //! The upstream connection is not held here at all: it goes back to the
 //! worker's idle list when each response ends (`upstream::Sticky`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -34,86 +35,96 @@ use crate::proxy::DataPlane;
 /// client closes it, it is idle for `limits.idle_timeout`, a head is too
 /// slow, or the proxy shuts down. `activity` must be the one `svc` marks
 /// requests in flight with.
-pub(crate) async fn serve_h1<T, S>(
-    shared: &DataPlane,
+///
+/// A plain function returning an `async` block, not an `async fn`: the
+/// block owns the stream (1.3 KiB with its TLS session) once, where an
+/// `async fn` would keep its argument and the loop's copy side by side for
+/// the connection's life.
+pub(crate) fn serve_h1<T, S>(
+    shared: Arc<DataPlane>,
     io: T,
     activity: Arc<Activity>,
     mut svc: S,
-    host: &str,
-) -> hyper::Result<()>
+    host: Arc<str>,
+) -> impl Future<Output = hyper::Result<()>> + Send
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible>
-        + Unpin,
+        + Unpin
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
-    let limits = &shared.limits;
-    let (idle, head) = (limits.idle_timeout, limits.header_read_timeout);
     let mut io = ActiveIo::new(io, activity.clone());
-    loop {
-        // Parked: the stream and its TLS session, nothing else.
-        if !io.has_unread() {
-            tokio::select! {
-                r = io.read_ahead() => match r {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(()),
-                    Err(e) => {
-                        tracing::debug!(host, error = %e, "parked connection ended with an error");
+    async move {
+        let limits = &shared.limits;
+        let (idle, head) = (limits.idle_timeout, limits.header_read_timeout);
+        let host = &*host;
+        loop {
+            // Parked: the stream and its TLS session, nothing else.
+            if !io.has_unread() {
+                tokio::select! {
+                    r = io.read_ahead() => match r {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(host, error = %e, "parked connection ended with an error");
+                            return Ok(());
+                        }
+                    },
+                    _ = shared.shutdown.cancelled() => {
+                        close(&mut io, head).await;
                         return Ok(());
                     }
-                },
-                _ = shared.shutdown.cancelled() => {
-                    close(&mut io, head).await;
-                    return Ok(());
-                }
-                e = activity.watch(idle, Some(head)) => {
-                    match e {
-                        Expired::Idle => close(&mut io, head).await,
-                        Expired::SlowHead => {
-                            tracing::debug!(host, "request head too slow; connection closed");
+                    e = activity.watch(idle, Some(head)) => {
+                        match e {
+                            Expired::Idle => close(&mut io, head).await,
+                            Expired::SlowHead => {
+                                tracing::debug!(host, "request head too slow; connection closed");
+                            }
                         }
+                        return Ok(());
                     }
-                    return Ok(());
                 }
             }
-        }
-        // Boxed: its memory goes when it is parked.
-        let mut conn = Box::new(shared.h1.serve_connection(TokioIo::new(io), svc));
-        tokio::select! {
-            r = &mut *conn => return r,
-            _ = shared.shutdown.cancelled() => {
-                Pin::new(&mut *conn).graceful_shutdown();
-                return conn.await;
-            }
-            e = activity.watch(idle, Some(head)) => match e {
-                Expired::Idle => {
+            // Boxed: its memory goes when it is parked.
+            let mut conn = Box::new(shared.h1.serve_connection(TokioIo::new(io), svc));
+            tokio::select! {
+                r = &mut *conn => return r,
+                _ = shared.shutdown.cancelled() => {
                     Pin::new(&mut *conn).graceful_shutdown();
                     return conn.await;
                 }
-                Expired::SlowHead => {
-                    tracing::debug!(host, "request head too slow; connection closed");
-                    return Ok(());
-                }
-            },
-            _ = activity.parkable(tune::PARK_AFTER) => {}
+                e = activity.watch(idle, Some(head)) => match e {
+                    Expired::Idle => {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        return conn.await;
+                    }
+                    Expired::SlowHead => {
+                        tracing::debug!(host, "request head too slow; connection closed");
+                        return Ok(());
+                    }
+                },
+                _ = activity.parkable(tune::PARK_AFTER) => {}
+            }
+            // Between requests and quiet: hyper ends the connection at once,
+            // after flushing what it still had to write, and hands the stream
+            // back open.
+            activity.set_parking(true);
+            Pin::new(&mut *conn).graceful_shutdown();
+            let ended = tokio::time::timeout(idle, &mut *conn).await;
+            activity.set_parking(false);
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                // Could not flush for the whole idle timeout: give up on it.
+                Err(_) => return Ok(()),
+            }
+            let parts = conn.into_parts();
+            io = parts.io.into_inner();
+            io.unread(parts.read_buf);
+            svc = parts.service;
         }
-        // Between requests and quiet: hyper ends the connection at once,
-        // after flushing what it still had to write, and hands the stream
-        // back open.
-        activity.set_parking(true);
-        Pin::new(&mut *conn).graceful_shutdown();
-        let ended = tokio::time::timeout(idle, &mut *conn).await;
-        activity.set_parking(false);
-        match ended {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            // Could not flush for the whole idle timeout: give up on it.
-            Err(_) => return Ok(()),
-        }
-        let parts = conn.into_parts();
-        io = parts.io.into_inner();
-        io.unread(parts.read_buf);
-        svc = parts.service;
     }
 }
 

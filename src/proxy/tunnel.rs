@@ -185,9 +185,21 @@ fn shorten(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// The serving half of an intercepted connection, boxed: what the
+/// connection's task holds for as long as the client keeps it open.
+type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Terminates TLS on `io` (a CONNECT tunnel, or a transparent connection)
 /// with a leaf minted for `target` and serves the requests inside.
-pub(crate) async fn intercept<I>(
+///
+/// The future this returns is what a connection's task holds while the
+/// client keeps the connection open, mostly idle on a fleet's gateway, so
+/// it is kept small: the handshake (the ClientHello alone is 1.4 KiB of
+/// state, the TLS stream 1.2 KiB) runs in a box of its own that is freed
+/// once it is done, and the serving half is a second box. An `async fn`
+/// would size every one of its suspension points into the task for the
+/// connection's whole life (4.4 KiB; `benches/README.md`).
+pub(crate) fn intercept<I>(
     shared: Arc<DataPlane>,
     peer: SocketAddr,
     listener: Listener,
@@ -195,28 +207,46 @@ pub(crate) async fn intercept<I>(
     target: Target,
     upstream: Arc<Upstream>,
     io: I,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = crate::ops::metrics::global().tunnel();
-    let handshake_timeout = shared.limits.header_read_timeout;
-    // The handshake's and the serving's futures are boxed: this task lives
-    // as long as the connection, and inline they would all be sized into
-    // it (13 KiB a connection, most of an idle one's cost). Boxed, each
-    // takes memory only while it runs.
-    let acceptor = Box::pin(LazyConfigAcceptor::new(
-        rustls::server::Acceptor::default(),
-        io,
+    let setup = Box::pin(establish(
+        shared, peer, listener, client_id, target, upstream, io,
     ));
+    async move {
+        let _open = crate::ops::metrics::global().tunnel();
+        if let Some(serving) = setup.await {
+            serving.await;
+        }
+    }
+}
+
+/// The TLS handshake of [`intercept`] and what the connection is served
+/// with: `None` when the handshake fails or the SNI is refused.
+async fn establish<I>(
+    shared: Arc<DataPlane>,
+    peer: SocketAddr,
+    listener: Listener,
+    client_id: (Option<ClientId>, Presented),
+    target: Target,
+    upstream: Arc<Upstream>,
+    io: I,
+) -> Option<Serving>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake_timeout = shared.limits.header_read_timeout;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             tracing::debug!(host = %target.host, error = %e, "bad TLS ClientHello");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(host = %target.host, "no TLS ClientHello in time");
-            return;
+            return None;
         }
     };
     let sni = start.client_hello().server_name().map(normalize_host);
@@ -227,24 +257,23 @@ pub(crate) async fn intercept<I>(
     // we do not intercept gets nothing.
     if misdirected_sni.is_some() && !shared.control.policy().intercepts(name) {
         tracing::debug!(host = %target.host, sni = name, "SNI names a host that is not intercepted");
-        return;
+        return None;
     }
     let config = match shared.ca.server_config(name) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(host = name, error = %e, "cannot mint a leaf certificate");
-            return;
+            return None;
         }
     };
-    let tls =
-        match tokio::time::timeout(handshake_timeout, Box::pin(start.into_stream(config))).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        };
+    let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let origin_host = target.host.clone();
     let origin = Arc::new(Origin::new(
@@ -273,12 +302,21 @@ pub(crate) async fn intercept<I>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let idle = shared.limits.idle_timeout;
-    let result = if is_h2 {
+    if !is_h2 {
+        // Between requests it gives back hyper's buffers (proxy/park.rs).
+        let serving = crate::proxy::park::serve_h1(shared, tls, activity, svc, origin_host);
+        return Some(Box::pin(async move {
+            if let Err(e) = serving.await {
+                tracing::debug!(error = %e, "intercepted connection ended with an error");
+            }
+        }));
+    }
+    Some(Box::pin(async move {
+        let idle = shared.limits.idle_timeout;
         // HTTP/2 PINGs would count as activity: idleness is judged on
         // requests in flight only.
         let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), svc));
-        tokio::select! {
+        let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
@@ -300,21 +338,11 @@ pub(crate) async fn intercept<I>(
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "intercepted connection ended with an error");
         }
-    } else {
-        // Between requests it gives back hyper's buffers (proxy/park.rs).
-        Box::pin(crate::proxy::park::serve_h1(
-            &shared,
-            tls,
-            activity,
-            svc,
-            &origin_host,
-        ))
-        .await
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "intercepted connection ended with an error");
-    }
+    }))
 }
 
 pub(crate) enum Dial {
