@@ -168,7 +168,7 @@ async fn serve_accepted(
     let _ = stream.set_nodelay(true);
     let timeout = shared.limits.header_read_timeout;
     let (peer, after_header) = if from_listed(&shared.proxy_protocol_from, peer.ip()) {
-        match tokio::time::timeout(timeout, read_proxy_header(&mut stream)).await {
+        match tokio::time::timeout(timeout, Box::pin(read_proxy_header(&mut stream))).await {
             Ok(Ok((source, rest))) => (source.unwrap_or(peer), rest),
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "PROXY protocol header missing or malformed; connection closed");
@@ -184,14 +184,25 @@ async fn serve_accepted(
     };
     let io = Prefixed::new(after_header, stream);
     match kind {
+        // Each listener's serving is boxed: this task lives as long as a
+        // transparent connection, and inline every branch's state would be
+        // sized into it.
         Listener::Connect => {
-            listener::serve_client(shared, io, peer, Conn::plain(), permit, upstream).await
+            Box::pin(listener::serve_client(
+                shared,
+                io,
+                peer,
+                Conn::plain(),
+                permit,
+                upstream,
+            ))
+            .await
         }
         Listener::Tls => {
             let Some(config) = shared.tls.clone() else {
                 return;
             };
-            let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+            let accept = Box::pin(tokio_rustls::TlsAcceptor::from(config).accept(io));
             let tls = match tokio::time::timeout(timeout, accept).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -213,9 +224,14 @@ async fn serve_accepted(
                 listener: Listener::Tls,
                 cert_sans: sans,
             };
-            listener::serve_client(shared, tls, peer, conn, permit, upstream).await
+            Box::pin(listener::serve_client(
+                shared, tls, peer, conn, permit, upstream,
+            ))
+            .await
         }
-        Listener::Transparent => transparent::serve(shared, io, peer, permit, upstream).await,
+        Listener::Transparent => {
+            Box::pin(transparent::serve(shared, io, peer, permit, upstream)).await
+        }
     }
 }
 

@@ -46,7 +46,7 @@ pub(crate) fn serve_h1<T, S>(
     activity: Arc<Activity>,
     mut svc: S,
     host: Arc<str>,
-) -> impl Future<Output = hyper::Result<()>> + Send
+) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible>
@@ -60,21 +60,21 @@ where
         let limits = &shared.limits;
         let (idle, head) = (limits.idle_timeout, limits.header_read_timeout);
         let host = &*host;
-        loop {
+        let ended = loop {
             // Parked: the stream and its TLS session, nothing else.
             if !io.has_unread() {
                 tokio::select! {
                     r = io.read_ahead() => match r {
                         Ok(true) => {}
-                        Ok(false) => return Ok(()),
+                        Ok(false) => break Ok(()),
                         Err(e) => {
                             tracing::debug!(host, error = %e, "parked connection ended with an error");
-                            return Ok(());
+                            break Ok(());
                         }
                     },
                     _ = shared.shutdown.cancelled() => {
                         close(&mut io, head).await;
-                        return Ok(());
+                        break Ok(());
                     }
                     e = activity.watch(idle, Some(head)) => {
                         match e {
@@ -83,26 +83,26 @@ where
                                 tracing::debug!(host, "request head too slow; connection closed");
                             }
                         }
-                        return Ok(());
+                        break Ok(());
                     }
                 }
             }
             // Boxed: its memory goes when it is parked.
             let mut conn = Box::new(shared.h1.serve_connection(TokioIo::new(io), svc));
             tokio::select! {
-                r = &mut *conn => return r,
+                r = &mut *conn => break r,
                 _ = shared.shutdown.cancelled() => {
                     Pin::new(&mut *conn).graceful_shutdown();
-                    return conn.await;
+                    break conn.await;
                 }
                 e = activity.watch(idle, Some(head)) => match e {
                     Expired::Idle => {
                         Pin::new(&mut *conn).graceful_shutdown();
-                        return conn.await;
+                        break conn.await;
                     }
                     Expired::SlowHead => {
                         tracing::debug!(host, "request head too slow; connection closed");
-                        return Ok(());
+                        break Ok(());
                     }
                 },
                 _ = activity.parkable(tune::PARK_AFTER) => {}
@@ -116,14 +116,17 @@ where
             activity.set_parking(false);
             match ended {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => break Err(e),
                 // Could not flush for the whole idle timeout: give up on it.
-                Err(_) => return Ok(()),
+                Err(_) => break Ok(()),
             }
             let parts = conn.into_parts();
             io = parts.io.into_inner();
             io.unread(parts.read_buf);
             svc = parts.service;
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "intercepted connection ended with an error");
         }
     }
 }

@@ -40,7 +40,10 @@ pub(crate) async fn serve(
     permit: ConnPermit,
     upstream: Arc<Upstream>,
 ) {
-    let read = read_client_hello(&mut io);
+    // The ClientHello's reading (3.5 KiB of state) and the dial are boxed:
+    // inline they would be sized into this future for the connection's
+    // whole life.
+    let read = Box::pin(read_client_hello(&mut io));
     let (sni, hello) = match tokio::time::timeout(shared.limits.header_read_timeout, read).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -100,7 +103,7 @@ pub(crate) async fn serve(
         );
         return;
     }
-    let remote = match tunnel::dial(&shared, &policy, &host, HTTPS_PORT).await {
+    let remote = match Box::pin(tunnel::dial(&shared, &policy, &host, HTTPS_PORT)).await {
         Ok(s) => s,
         Err(Dial::Refused(m)) => {
             tracing::debug!(client = %peer, host = %host, reason = %m, "transparent listener: tunnel refused");

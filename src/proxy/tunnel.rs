@@ -304,18 +304,20 @@ where
     });
     if !is_h2 {
         // Between requests it gives back hyper's buffers (proxy/park.rs).
-        let serving = crate::proxy::park::serve_h1(shared, tls, activity, svc, origin_host);
-        return Some(Box::pin(async move {
-            if let Err(e) = serving.await {
-                tracing::debug!(error = %e, "intercepted connection ended with an error");
-            }
-        }));
+        return Some(Box::pin(crate::proxy::park::serve_h1(
+            shared,
+            tls,
+            activity,
+            svc,
+            origin_host,
+        )));
     }
+    // HTTP/2 PINGs would count as activity: idleness is judged on requests
+    // in flight only. The connection is boxed here, not in the block, so
+    // that the block does not keep a second slot for the TLS stream.
+    let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), svc));
     Some(Box::pin(async move {
         let idle = shared.limits.idle_timeout;
-        // HTTP/2 PINGs would count as activity: idleness is judged on
-        // requests in flight only.
-        let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), svc));
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = shared.shutdown.cancelled() => {

@@ -330,12 +330,15 @@ impl Sticky {
             let mut sender = match reused.take() {
                 Some(s) => s,
                 None => {
-                    let new = connect(connector, req.uri()).await.map_err(|cause| {
-                        ForwardError::Connect {
+                    // Boxed: a new connection is the rare path, and inline
+                    // its 6.5 KiB of TLS-connect state would be sized into
+                    // every request's future (and copied with it).
+                    let new = Box::pin(connect(connector, req.uri()))
+                        .await
+                        .map_err(|cause| ForwardError::Connect {
                             host: host(),
                             cause,
-                        }
-                    })?;
+                        })?;
                     match &new {
                         Sender::H2(s) => self.idle.set_h2(self.key.clone(), s.clone()),
                         Sender::H1(_) if h2 => self.host.h1_only.store(true, Ordering::Relaxed),
