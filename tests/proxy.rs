@@ -653,3 +653,114 @@ async fn keep_alive_outlives_the_header_timeout_but_a_slow_head_does_not() {
     );
     assert!(started.elapsed() >= std::time::Duration::from_millis(800));
 }
+
+/// A client's session store that files every session under one name and
+/// offers it for any: a client trying a ticket from one intercepted host
+/// on another.
+#[derive(Debug)]
+struct OneNameSessions {
+    inner: Arc<dyn rustls::client::ClientSessionStore>,
+    name: rustls_pki_types::ServerName<'static>,
+    /// TLS 1.3 tickets handed to a handshake.
+    offered: AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for OneNameSessions {
+    fn set_kx_hint(&self, _: rustls_pki_types::ServerName<'static>, g: rustls::NamedGroup) {
+        self.inner.set_kx_hint(self.name.clone(), g)
+    }
+    fn kx_hint(&self, _: &rustls_pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(&self.name)
+    }
+    fn set_tls12_session(
+        &self,
+        _: rustls_pki_types::ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(self.name.clone(), v)
+    }
+    fn tls12_session(
+        &self,
+        _: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(&self.name)
+    }
+    fn remove_tls12_session(&self, _: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(&self.name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        _: rustls_pki_types::ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inner.insert_tls13_ticket(self.name.clone(), v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        _: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let t = self.inner.take_tls13_ticket(&self.name);
+        if t.is_some() {
+            self.offered.fetch_add(1, Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+/// CONNECT to `host:443` and TLS with `cfg` (its session store included);
+/// the handshake kind and a sender.
+async fn tls_with(
+    proxy: &TestProxy,
+    cfg: Arc<rustls::ClientConfig>,
+    host: &str,
+) -> (rustls::HandshakeKind, Sender) {
+    let (s, head) = raw_connect(proxy.addr, &format!("{host}:443")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT answered: {head}");
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, s)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    (kind, handshake(tls, false).await)
+}
+
+/// TLS 1.3 sessions resume through the proxy (stateless tickets: the proxy
+/// keeps nothing per client), a resumed connection is served like any
+/// other, and a ticket is only good for the name it was issued for: one
+/// offered for another intercepted host gets a full handshake and that
+/// host's certificate.
+#[tokio::test]
+async fn tls_sessions_resume_for_the_host_they_were_made_for_only() {
+    let w = world("resume", "").await;
+    let first = rustls_pki_types::ServerName::try_from(HOST)
+        .unwrap()
+        .to_owned();
+    let store = Arc::new(OneNameSessions {
+        inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(32)),
+        name: first,
+        offered: AtomicUsize::new(0),
+    });
+    let mut cfg = (*client_tls(&w.proxy.ca_pem, &[b"http/1.1"])).clone();
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+
+    let mut served = 0;
+    for (host, expect) in [
+        (HOST, rustls::HandshakeKind::Full),
+        (HOST, rustls::HandshakeKind::Resumed),
+        ("other.googleapis.com", rustls::HandshakeKind::Full),
+    ] {
+        let (kind, mut c) = tls_with(&w.proxy, cfg.clone(), host).await;
+        assert_eq!(kind, expect, "{host}");
+        // The response also carries the session tickets in to the client.
+        let resp = c.send(for_version(get(host, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200, "{host}");
+        let v = json(&body_string(resp).await);
+        assert_eq!(v["headers"]["host"], host);
+        served += 1;
+    }
+    assert_eq!(served, 3);
+    // The second and the third handshake each offered a ticket.
+    assert_eq!(store.offered.load(Ordering::Relaxed), 2);
+}
