@@ -12,7 +12,8 @@
 //! (the paced request rate, default 1500: the machine is shared),
 //! `--outage-every SECS` / `--outage-for SECS` (IAM outages, default 14 s
 //! about every 90 s), `--reload-every SECS` (default 15) and `--break-every
-//! SECS` (default 60). Tokens live 60 s. Every other outage is aimed at a
+//! SECS` (default 60); `E2E_PROXY_BIN=PATH` soaks another build. Tokens
+//! live 60 s. Every other outage is aimed at a
 //! refresh: it starts when the served token has 20 s left (before the
 //! refresh, due at 15–18 s left) and ends with 6 s left, so the proxy must
 //! notice IAM is back within those 6 s (before issue 21 it retried 8–16 s
@@ -156,7 +157,11 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 fn start_proxy(dir: &Path, config: &Path) -> ProxyChild {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_impersonate-proxy"))
+    // E2E_PROXY_BIN runs another build of the proxy under the same soak
+    // (as in benches/e2e.rs).
+    let bin = std::env::var("E2E_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_impersonate-proxy").to_string());
+    let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
         .current_dir(dir)
