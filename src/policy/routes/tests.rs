@@ -195,6 +195,14 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
             }
         }
     }
+    // Prefix lengths of every kind that named hosts and the `*.suffix`
+    // covering them do not share (both are folded into the named host's
+    // entry): e.m has none of its own, f.m others.
+    rule("\"*.m.example.com\"", Some("/pp"), &[]);
+    rule("\"*.m.example.com\"", Some("/ddd/"), &[]);
+    rule("\"*.m.example.com\"", Some(LONG), &[]);
+    rule("\"f.m.example.com\"", Some("/q"), &[]);
+    rule("\"f.m.example.com\"", Some("/ee/"), &[]);
     // Hosts whose routes restrict nothing (a batch goes to them), one
     // restricted by methods alone, and an exact host covered by it.
     rule("\"free.example.com\", \"*.free.example.com\"", None, &[]);
@@ -272,6 +280,11 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
             "/batch/storage/v1",
             "/batch/storage/v1/b",
             "/batchx",
+            "/pp",
+            "/pp/x",
+            "/ddd/x",
+            "/q/x",
+            "/ee/x",
             LONG,
         ];
         paths.extend(long_paths.iter().map(String::as_str));
@@ -287,6 +300,7 @@ async fn find_agrees_with_a_linear_scan_of_the_rules() {
             "x.free.example.com",
             "x.m.example.com",
             "e.m.example.com",
+            "f.m.example.com",
         ] {
             for method in [Method::GET, Method::POST, Method::PUT] {
                 for path in &paths {
@@ -391,6 +405,11 @@ action = "deny"
             "open",
             "rest"
         ]
+    );
+    // Debug (in a `Policy`'s): the route names, in order.
+    assert_eq!(
+        format!("{t:?}"),
+        r#"["access", "fixed", "per-bucket", "sign", "run-invoke", "open", "rest"]"#
     );
     let find = |host: &str, method: &str, path: &str| {
         t.find(host, &method.parse().unwrap(), path).unwrap()
