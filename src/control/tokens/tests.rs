@@ -217,6 +217,8 @@ async fn debug_of_a_slot_never_shows_the_token() {
         assert!(!text.contains(&secret), "{text}");
     }
     assert!(format!("{slot:?}").contains("redacted"));
+    // The registry's Debug lists its slots (redacted).
+    assert_eq!(format!("{registry:?}"), format!("[{slot:?}]"));
 }
 
 #[tokio::test(start_paused = true)]

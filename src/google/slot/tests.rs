@@ -114,9 +114,17 @@ async fn each_state_shows_its_token_expiry_and_error() {
         }
     );
     match slot.load() {
-        Err(Unavailable::Failed(e)) => assert_eq!(e.to_string(), denied().to_string()),
+        Err(e @ Unavailable::Failed(_)) => assert_eq!(e.to_string(), denied().to_string()),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn unavailable_says_why() {
+    assert_eq!(
+        Unavailable::Minting.to_string(),
+        "the first token is still being minted"
+    );
 }
 
 #[tokio::test(start_paused = true)]
