@@ -114,6 +114,8 @@ async fn shared_per_pair_and_exchanged_again_when_the_base_refreshes() {
     // The same pair is the same slot: no second exchange.
     assert_eq!(bearer(&again), "Bearer down-0-of-base-0");
     b.get().await.unwrap();
+    // Once per base token: nothing more until the base refreshes.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(minter.exchanges.load(Ordering::SeqCst), 2);
     assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
     // The base refreshes at 75% of 40 s (minus jitter, so by 30 s); the
@@ -225,4 +227,19 @@ async fn exchange_retries_are_capped_by_the_time_left() {
         a.load().unwrap_or_else(|e| panic!("gap in service: {e}"));
     }
     assert!(a.last_error().is_none());
+}
+
+/// Dropping the registry stops the downscoped slots' refreshers too: no
+/// exchange, and no refresher left waiting on a base slot nobody renews.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_registry_stops_the_downscoped_refreshers() {
+    let (minter, registry, base) = setup(Duration::from_secs(40));
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    drop(registry);
+    let exchanges = minter.exchanges.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(minter.exchanges.load(Ordering::SeqCst), exchanges);
 }
