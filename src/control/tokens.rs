@@ -67,6 +67,61 @@ pub(crate) fn refresh_delay(left: Duration) -> Duration {
     left.saturating_sub(margin)
 }
 
+/// What a refresher (a slot's or a downscoped slot's) does after the
+/// attempt to mint or exchange its token failed with `e`: counts the retry
+/// in `token_refresh_retries_total` under `label`; keeps serving
+/// `current`, with `e` as the last error, while a retry can still come
+/// before it expires ([`retry_before_expiry`]), else serves it to its last
+/// instant (no wait if that is past) and then reports the expiry with `e`
+/// as its cause; with no token to serve, reports that expiry or `e`
+/// itself. Returns when the next attempt is due: the backoff's delay,
+/// capped by the time the served token has left.
+async fn retry_after_failure(
+    slot: &Slot,
+    label: &str,
+    current: &mut Option<Ready>,
+    e: Arc<CredentialError>,
+    ever_minted: bool,
+    backoff: &mut Backoff,
+) {
+    crate::ops::metrics::global().token_refresh_retry(label);
+    let expired = |e: Arc<CredentialError>| {
+        Arc::new(CredentialError::Expired {
+            target: slot.request().target_principal().to_owned(),
+            cause: Some(e),
+        })
+    };
+    let now = Instant::now();
+    let delay = backoff.next_delay();
+    let mut retry_at = now + delay;
+    match current.clone() {
+        Some(ready) => {
+            let hard_expiry = ready.token().expires_at();
+            match retry_before_expiry(now, hard_expiry, delay) {
+                Some(at) => {
+                    slot.store_refreshing(ready, Some(e));
+                    retry_at = at;
+                }
+                // The last retry before expiry failed (or the token
+                // expired while this one ran): serve the token to its last
+                // instant (no wait if that is past), then report the
+                // expiry with the cause.
+                None => {
+                    sleep_until(hard_expiry).await;
+                    *current = None;
+                    slot.store_expired(expired(e));
+                    retry_at = retry_at.max(hard_expiry);
+                }
+            }
+        }
+        // Once a token has been served, its absence is reported as an
+        // expiry (with the cause), not as a bare failure.
+        None if ever_minted => slot.store_expired(expired(e)),
+        None => slot.store_expired(e),
+    }
+    sleep_until(retry_at).await;
+}
+
 async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
     slot.first_use().await;
     let target = slot.request().target_principal().to_owned();
@@ -141,37 +196,8 @@ async fn refresher(slot: Slot, minter: Arc<dyn Mint>) {
                     tracing::warn!(target_principal = %target, error = %e, "token mint failed");
                 }
                 last_error = Some(e.clone());
-                crate::ops::metrics::global().token_refresh_retry(&label);
-                let now = Instant::now();
-                let delay = backoff.next_delay();
-                let mut retry_at = now + delay;
-                match current.clone() {
-                    Some(ready) => {
-                        let hard_expiry = ready.token().expires_at();
-                        match retry_before_expiry(now, hard_expiry, delay) {
-                            Some(at) => {
-                                slot.store_refreshing(ready, Some(e));
-                                retry_at = at;
-                            }
-                            // The last retry before expiry failed (or the
-                            // token expired while this one ran): serve the
-                            // token to its last instant (no wait if that
-                            // is past), then report the expiry with the
-                            // cause.
-                            None => {
-                                sleep_until(hard_expiry).await;
-                                current = None;
-                                expire(&last_error);
-                                retry_at = retry_at.max(hard_expiry);
-                            }
-                        }
-                    }
-                    // Once a token has been served, its absence is reported
-                    // as an expiry (with the cause), not as a bare failure.
-                    None if ever_minted => expire(&last_error),
-                    None => slot.store_expired(e),
-                }
-                sleep_until(retry_at).await;
+                retry_after_failure(&slot, &label, &mut current, e, ever_minted, &mut backoff)
+                    .await;
             }
         }
     }

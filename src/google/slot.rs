@@ -279,3 +279,6 @@ impl fmt::Debug for Slot {
         f.write_str(")")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,10 +25,13 @@ pub const PLACEHOLDER_PREFIX: &str = "ya29.impersonate-proxy-placeholder.";
 /// allocation.
 #[inline]
 pub fn is_placeholder(value: &HeaderValue) -> bool {
-    let b = value.as_bytes();
-    b.len() > 7
-        && b[..7].eq_ignore_ascii_case(b"bearer ")
-        && b[7..]
+    // Shorter than the scheme: no placeholder. (A length test of its own
+    // had an off-by-one twin, `>= 7`, that no input could tell apart.)
+    let Some((scheme, token)) = value.as_bytes().split_at_checked(7) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case(b"bearer ")
+        && token
             .trim_ascii_start()
             .starts_with(PLACEHOLDER_PREFIX.as_bytes())
 }
@@ -164,6 +167,8 @@ mod tests {
         assert!(!p("Bearer ya29.real-token"));
         assert!(!p("Basic ya29.impersonate-proxy-placeholder.abc"));
         assert!(!p("Bearer"));
+        assert!(!p("Bearer "));
+        assert!(!p(""));
     }
 
     #[test]

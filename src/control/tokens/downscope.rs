@@ -15,13 +15,10 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
-use super::refresh_delay;
+use super::{refresh_delay, retry_after_failure, RETRY_BASE, RETRY_MAX};
 use crate::google::slot::{Ready, Slot};
 use crate::google::{AccessBoundary, Backoff, CredentialError, Mint, TokenRequest};
 use crate::policy::boundary::Downscoper;
-
-const RETRY_BASE: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 type Key = (TokenRequest, Arc<AccessBoundary>);
 
@@ -252,16 +249,9 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
                     tracing::warn!(target_principal = %target, boundary = %boundary.resources(), error = %e, "STS exchange failed");
                 }
                 last_error = Some(e.clone());
-                fail(&mut current, e, ever);
-                let retry_at = Instant::now() + backoff.next_delay();
-                tokio::select! {
-                    () = sleep_until(retry_at) => {}
-                    () = until(expiry(&current)) => {
-                        current = None;
-                        expire(&last_error);
-                        sleep_until(retry_at).await;
-                    }
-                }
+                // As a slot's refresh: the valid token keeps serving and
+                // the retries come closer together as its expiry nears.
+                retry_after_failure(&slot, &label, &mut current, e, ever, &mut backoff).await;
             }
         }
     }

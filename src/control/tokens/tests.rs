@@ -217,6 +217,8 @@ async fn debug_of_a_slot_never_shows_the_token() {
         assert!(!text.contains(&secret), "{text}");
     }
     assert!(format!("{slot:?}").contains("redacted"));
+    // The registry's Debug lists its slots (redacted).
+    assert_eq!(format!("{registry:?}"), format!("[{slot:?}]"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -503,4 +505,43 @@ fn a_slot_asked_for_on_another_thread_refreshes_on_the_registrys_runtime() {
     });
     assert_eq!(token.unwrap().to_str().unwrap(), "Bearer tok-0");
     assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+}
+
+/// A time box (`refresh = false`) is minted once and shared while it
+/// lasts; once it has ended, asking for it again (a reload does) makes a
+/// new slot that mints anew, and the ended one stays ended.
+#[tokio::test(start_paused = true)]
+async fn a_time_box_is_shared_while_it_lasts_and_minted_anew_after() {
+    let minter = Scripted::new(Duration::from_secs(600));
+    let registry = Registry::new(minter.clone());
+    let boxed = request().time_boxed();
+    let first = registry.slot(boxed.clone(), true);
+    first.get().await.unwrap();
+    let again = registry.slot(boxed.clone(), false);
+    assert_eq!(bearer(&again), "Bearer tok-0");
+    sleep(Duration::from_secs(601)).await;
+    assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+    match first.load() {
+        Err(Unavailable::Failed(e)) => assert!(e.is_time_box_ended(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let renewed = registry.slot(boxed, true);
+    renewed.get().await.unwrap();
+    assert_eq!(bearer(&renewed), "Bearer tok-1");
+    assert!(first.load().is_err());
+    assert_eq!(registry.slots().len(), 1);
+}
+
+/// Dropping the registry (a reload's old one, shutdown) stops its
+/// refreshers: no more calls to IAM.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_registry_stops_its_refreshers() {
+    let minter = Scripted::new(Duration::from_secs(20));
+    let registry = Registry::new(minter.clone());
+    let slot = registry.slot(request(), true);
+    slot.get().await.unwrap();
+    drop(registry);
+    let mints = minter.mints.load(Ordering::SeqCst);
+    sleep(Duration::from_secs(120)).await;
+    assert_eq!(minter.mints.load(Ordering::SeqCst), mints);
 }

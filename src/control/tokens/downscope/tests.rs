@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::*;
-use crate::control::tokens::Registry;
+use crate::control::tokens::{Registry, RETRY_FLOOR};
 use crate::google::slot::Unavailable;
 use crate::google::Token;
 use crate::policy::SlotSource;
@@ -22,7 +22,12 @@ struct Scripted {
     mints: AtomicUsize,
     exchanges: AtomicUsize,
     sts_down: Mutex<bool>,
+    /// When each exchange started.
+    calls: Mutex<Vec<Instant>>,
 }
+
+/// How long the scripted STS takes to answer.
+const LATENCY: Duration = Duration::from_millis(20);
 
 impl Mint for Scripted {
     fn mint<'a>(
@@ -43,7 +48,8 @@ impl Mint for Scripted {
         _boundary: &'a AccessBoundary,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.calls.lock().unwrap().push(Instant::now());
+            tokio::time::sleep(LATENCY).await;
             let k = self.exchanges.fetch_add(1, Ordering::SeqCst);
             if *self.sts_down.lock().unwrap() {
                 return Err(CredentialError::Unavailable {
@@ -66,6 +72,7 @@ fn setup(lifetime: Duration) -> (Arc<Scripted>, Registry, Slot) {
         mints: AtomicUsize::new(0),
         exchanges: AtomicUsize::new(0),
         sts_down: Mutex::new(false),
+        calls: Mutex::new(Vec::new()),
     });
     let registry = Registry::new(minter.clone());
     let request = TokenRequest::access_token(
@@ -107,6 +114,8 @@ async fn shared_per_pair_and_exchanged_again_when_the_base_refreshes() {
     // The same pair is the same slot: no second exchange.
     assert_eq!(bearer(&again), "Bearer down-0-of-base-0");
     b.get().await.unwrap();
+    // Once per base token: nothing more until the base refreshes.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(minter.exchanges.load(Ordering::SeqCst), 2);
     assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
     // The base refreshes at 75% of 40 s (minus jitter, so by 30 s); the
@@ -172,4 +181,65 @@ async fn per_bucket_slots_are_released_by_their_last_holder_kept_ones_never() {
     down.release(&base, &boundary("b-bucket"));
     kept.get().await.unwrap();
     assert_eq!(registry.downscoped_slots(), 1);
+}
+
+/// STS fails from the base's refresh (about 5 minutes before the
+/// downscoped token expires with the old base token) until 10 s before
+/// that expiry. The exchange is retried as a slot's refresh is: never more
+/// than a tenth of the time left apart (or the floor), so STS coming back
+/// is seen within about a second and readers never see a gap. (Before,
+/// the downscoped refresher kept its own copy of the retry loop whose
+/// backoff grew to 15–30 s whatever the time left.)
+#[tokio::test(start_paused = true)]
+async fn exchange_retries_are_capped_by_the_time_left() {
+    let ms = Duration::from_millis;
+    let (minter, registry, base) = setup(Duration::from_secs(3600));
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    let first = bearer(&a);
+    let expiry = Instant::now() + a.expires_in().unwrap();
+    *minter.sts_down.lock().unwrap() = true;
+    while Instant::now() < expiry - Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(bearer(&a), first);
+    }
+    *minter.sts_down.lock().unwrap() = false;
+    let calls = minter.calls.lock().unwrap().clone();
+    let failed = &calls[1..];
+    // The base refreshes 5–6 minutes before expiry; from then on the
+    // exchange fails and is retried.
+    assert!(failed[0] >= expiry - Duration::from_secs(360), "{failed:?}");
+    assert!(failed.len() >= 20, "{failed:?}");
+    for w in failed.windows(2) {
+        let gap = w[1] - w[0];
+        let left = expiry - (w[0] + LATENCY);
+        // Tokio's timer fires on whole milliseconds, rounding up.
+        let most = LATENCY + (left / 10).max(RETRY_FLOOR) + ms(1);
+        assert!(gap <= most, "{gap:?} > {most:?} with {left:?} left");
+    }
+    // A tenth of 10 s, plus the exchange.
+    tokio::time::sleep_until(expiry - ms(8900)).await;
+    assert!(bearer(&a).ends_with("-of-base-1"), "{}", bearer(&a));
+    while Instant::now() < expiry + Duration::from_secs(5) {
+        tokio::time::sleep(ms(100)).await;
+        a.load().unwrap_or_else(|e| panic!("gap in service: {e}"));
+    }
+    assert!(a.last_error().is_none());
+}
+
+/// Dropping the registry stops the downscoped slots' refreshers too: no
+/// exchange, and no refresher left waiting on a base slot nobody renews.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_registry_stops_the_downscoped_refreshers() {
+    let (minter, registry, base) = setup(Duration::from_secs(40));
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    drop(registry);
+    let exchanges = minter.exchanges.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(minter.exchanges.load(Ordering::SeqCst), exchanges);
 }
