@@ -163,7 +163,14 @@ async fn refresher(slot: Slot, base: Slot, boundary: Arc<AccessBoundary>, minter
         let changed = base.changed();
         let base_token = match base.current_token() {
             Some(t) if !t.expires_in().is_zero() => t,
-            _ => {
+            // The base token's last instant: its refresher reports the
+            // expiry (or a new token) now. `get()` would still return
+            // this one, and looking again at once would spin.
+            Some(_) => {
+                changed.await;
+                continue;
+            }
+            None => {
                 match base.get().await {
                     Ok(_) => continue,
                     Err(e) => {

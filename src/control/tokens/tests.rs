@@ -380,7 +380,34 @@ async fn retries_during_an_outage_are_paced_by_the_time_left() {
 
 /// Collects what a `tracing` subscriber writes.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures this thread's `tracing` events, debug and up, until the
+    /// guard is dropped (a paused-clock test's tasks run on its thread).
+    pub(super) fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// How many lines so far have `level` and `what` in them.
+    pub(super) fn count(&self, level: &str, what: &str) -> usize {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(what))
+            .count()
+    }
+
+    pub(super) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
 
 impl std::io::Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -397,25 +424,14 @@ impl std::io::Write for Logs {
 /// way again is a debug line, so an outage does not flood the log.
 #[tokio::test(start_paused = true)]
 async fn a_failure_is_warned_once_and_its_repeats_are_debug_lines() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let minter = Scripted::new(Duration::from_secs(3600));
     minter.fail(true);
     let registry = Registry::new(minter.clone());
     let slot = registry.slot(request_for("logged@p.iam.gserviceaccount.com"), true);
     sleep(Duration::from_secs(10)).await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let lines = |level: &str, what: &str| {
-        text.lines()
-            .filter(|l| l.contains(level) && l.contains(what))
-            .count()
-    };
+    let text = logs.text();
+    let lines = |level: &str, what: &str| logs.count(level, what);
     let mints = minter.mints.load(Ordering::SeqCst);
     assert!(mints >= 4, "{mints} mints");
     assert_eq!(

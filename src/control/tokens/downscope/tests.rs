@@ -9,22 +9,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::*;
+use crate::control::tokens::tests::Logs;
 use crate::control::tokens::{Registry, RETRY_FLOOR};
-use crate::google::slot::Unavailable;
+use crate::google::slot::{SlotStatus, Unavailable};
 use crate::google::Token;
 use crate::policy::SlotSource;
 
-/// Mints `base-N` valid for `lifetime`; downscopes `base-N` to
-/// `down-K-of-base-N` (expiring with it), or fails with STS's 503 while
-/// `sts_down` is set.
+/// Mints `base-N` valid for `lifetime`, or fails with IAM's 403 while
+/// `iam_down` is set; downscopes `base-N` to `down-K-of-base-N` (expiring
+/// with it; or `sts_shorter` before it, `sts_longer` after it, at most
+/// `sts_max` from the exchange), or fails with STS's 503 while `sts_down`
+/// is set.
 struct Scripted {
     lifetime: Duration,
     mints: AtomicUsize,
     exchanges: AtomicUsize,
+    iam_down: Mutex<bool>,
     sts_down: Mutex<bool>,
+    sts_shorter: Mutex<Duration>,
+    sts_longer: Mutex<Duration>,
+    sts_max: Mutex<Duration>,
     /// When each exchange started.
     calls: Mutex<Vec<Instant>>,
 }
+
+const DENIED: &str = "Permission 'iam.serviceAccounts.getAccessToken' denied.";
 
 /// How long the scripted STS takes to answer.
 const LATENCY: Duration = Duration::from_millis(20);
@@ -32,10 +41,17 @@ const LATENCY: Duration = Duration::from_millis(20);
 impl Mint for Scripted {
     fn mint<'a>(
         &'a self,
-        _req: &'a TokenRequest,
+        req: &'a TokenRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Token, CredentialError>> + Send + 'a>> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if *self.iam_down.lock().unwrap() {
+                return Err(CredentialError::Iam {
+                    target: req.target_principal().to_owned(),
+                    status: 403,
+                    message: DENIED.to_owned(),
+                });
+            }
             let n = self.mints.fetch_add(1, Ordering::SeqCst);
             Ok(Token::new(format!("base-{n}"), self.lifetime))
         })
@@ -58,9 +74,14 @@ impl Mint for Scripted {
                     message: "HTTP 503: The service is currently unavailable.".into(),
                 });
             }
+            let lifetime = base
+                .expires_in()
+                .saturating_sub(*self.sts_shorter.lock().unwrap())
+                .min(*self.sts_max.lock().unwrap())
+                + *self.sts_longer.lock().unwrap();
             Ok(Token::new(
                 format!("down-{k}-of-{}", base.expose_secret()),
-                base.expires_in(),
+                lifetime,
             ))
         })
     }
@@ -71,7 +92,11 @@ fn setup(lifetime: Duration) -> (Arc<Scripted>, Registry, Slot) {
         lifetime,
         mints: AtomicUsize::new(0),
         exchanges: AtomicUsize::new(0),
+        iam_down: Mutex::new(false),
         sts_down: Mutex::new(false),
+        sts_shorter: Mutex::new(Duration::ZERO),
+        sts_longer: Mutex::new(Duration::ZERO),
+        sts_max: Mutex::new(Duration::MAX),
         calls: Mutex::new(Vec::new()),
     });
     let registry = Registry::new(minter.clone());
@@ -242,4 +267,160 @@ async fn dropping_the_registry_stops_the_downscoped_refreshers() {
     let exchanges = minter.exchanges.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(minter.exchanges.load(Ordering::SeqCst), exchanges);
+}
+
+/// STS may make a downscoped token shorter-lived than its base: it is
+/// exchanged again before it expires, when a slot would refresh it (at
+/// 75% of a short life, less up to a fifth of the margin), not when the
+/// base refreshes or the token runs out; readers never see a gap.
+#[tokio::test(start_paused = true)]
+async fn a_token_sts_made_shorter_lived_is_exchanged_again_before_it_expires() {
+    let secs = Duration::from_secs;
+    let (minter, registry, base) = setup(secs(3600));
+    *minter.sts_max.lock().unwrap() = secs(600);
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    let first = bearer(&a);
+    for _ in 0..700 {
+        tokio::time::sleep(secs(1)).await;
+        a.load().unwrap_or_else(|e| panic!("gap in service: {e}"));
+    }
+    let calls = minter.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    // 600 s less 150 s (and up to 30 s of jitter), plus the exchange.
+    let second = calls[1] - calls[0];
+    assert!(second >= secs(420) && second <= secs(451), "{second:?}");
+    assert_ne!(bearer(&a), first);
+    assert!(bearer(&a).ends_with("-of-base-0"), "{}", bearer(&a));
+    assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+}
+
+/// A downscoped token that expires no more than a second before its base
+/// is not exchanged early: it waits for the base's refresh (here IAM is
+/// down, so there is none). At its expiry it is no longer served, and the
+/// slot says so while the base's token is exchanged again.
+#[tokio::test(start_paused = true)]
+async fn a_token_a_second_short_of_its_base_waits_for_the_base() {
+    let ms = Duration::from_millis;
+    let (minter, registry, base) = setup(Duration::from_secs(3600));
+    *minter.sts_shorter.lock().unwrap() = Duration::from_secs(1);
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    let first = bearer(&a);
+    *minter.iam_down.lock().unwrap() = true;
+    let expiry = Instant::now() + a.expires_in().unwrap();
+    let base_expiry = Instant::now() + base.expires_in().unwrap();
+    assert_eq!(base_expiry - expiry, Duration::from_secs(1));
+    tokio::time::sleep_until(expiry - ms(1)).await;
+    assert_eq!(bearer(&a), first);
+    assert_eq!(minter.exchanges.load(Ordering::SeqCst), 1);
+    assert_eq!(base.status(), SlotStatus::Refreshing);
+    // Expired during the next exchange (20 ms), which starts at once.
+    tokio::time::sleep_until(expiry + ms(10)).await;
+    match a.load() {
+        Err(Unavailable::Failed(e)) => assert!(e.is_expired(), "{e:?}"),
+        other => panic!("still serving: {other:?}"),
+    }
+    assert_eq!(minter.calls.lock().unwrap().len(), 2);
+}
+
+/// A downscoped token can outlive its base by a little (its monotonic
+/// expiry comes from STS's answer, read later than the base's): when the
+/// base expires for good (IAM down), the downscoped token is still served,
+/// with the base's failure as the last error, until its own expiry; then
+/// the slot fails closed with that cause.
+#[tokio::test(start_paused = true)]
+async fn a_token_outliving_its_base_is_served_to_its_own_expiry() {
+    let ms = Duration::from_millis;
+    let (minter, registry, base) = setup(Duration::from_secs(3600));
+    *minter.sts_longer.lock().unwrap() = Duration::from_secs(5);
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    let first = bearer(&a);
+    *minter.iam_down.lock().unwrap() = true;
+    let expiry = Instant::now() + a.expires_in().unwrap();
+    let base_expiry = Instant::now() + base.expires_in().unwrap();
+    assert_eq!(expiry - base_expiry, Duration::from_secs(5));
+    tokio::time::sleep_until(base_expiry + ms(1)).await;
+    assert!(matches!(base.load(), Err(Unavailable::Failed(_))));
+    assert_eq!(bearer(&a), first);
+    assert_eq!(a.status(), SlotStatus::Refreshing);
+    let e = a.last_error().expect("the base's failure");
+    assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+    tokio::time::sleep_until(expiry - ms(1)).await;
+    assert_eq!(bearer(&a), first);
+    tokio::time::sleep_until(expiry + ms(1)).await;
+    match a.load() {
+        Err(Unavailable::Failed(e)) => {
+            assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+        }
+        other => panic!("still serving: {other:?}"),
+    }
+    assert_eq!(minter.exchanges.load(Ordering::SeqCst), 1);
+}
+
+/// A failed exchange whose cause is new is a warning; a retry that fails
+/// the same way again is a debug line, so an STS outage does not flood the
+/// log.
+#[tokio::test(start_paused = true)]
+async fn a_failed_exchange_is_warned_once_and_its_repeats_are_debug_lines() {
+    let (logs, _guard) = Logs::capture();
+    let (minter, registry, base) = setup(Duration::from_secs(3600));
+    *minter.sts_down.lock().unwrap() = true;
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    assert!(a.get().await.is_err());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let exchanges = minter.exchanges.load(Ordering::SeqCst);
+    assert!(exchanges >= 4, "{exchanges} exchanges");
+    let text = logs.text();
+    assert_eq!(
+        logs.count("WARN", "STS exchange failed target_principal"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        logs.count("DEBUG", "STS exchange failed again target_principal"),
+        exchanges - 1,
+        "{text}"
+    );
+}
+
+/// IAM down until the base token expires: the downscoped token (expiring
+/// with it) is served to its last instant, then the slot fails closed
+/// with IAM's refusal as the cause; once IAM is back, the base's new token
+/// is exchanged.
+#[tokio::test(start_paused = true)]
+async fn when_the_base_expires_the_downscoped_slot_fails_with_its_cause() {
+    let ms = Duration::from_millis;
+    let (minter, registry, base) = setup(Duration::from_secs(3600));
+    let a = registry
+        .downscoper()
+        .slot(&base, boundary("a-bucket"), true);
+    a.get().await.unwrap();
+    let first = bearer(&a);
+    *minter.iam_down.lock().unwrap() = true;
+    let expiry = Instant::now() + a.expires_in().unwrap();
+    assert_eq!(Instant::now() + base.expires_in().unwrap(), expiry);
+    tokio::time::sleep_until(expiry - ms(1)).await;
+    assert_eq!(bearer(&a), first);
+    tokio::time::sleep_until(expiry + ms(1)).await;
+    match a.load() {
+        Err(Unavailable::Failed(e)) => {
+            assert!(e.is_expired() && e.iam_message() == Some(DENIED), "{e:?}");
+        }
+        other => panic!("still serving: {other:?}"),
+    }
+    assert_eq!(minter.calls.lock().unwrap().len(), 1);
+    *minter.iam_down.lock().unwrap() = false;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(bearer(&a).ends_with("-of-base-1"), "{}", bearer(&a));
+    assert_eq!(minter.calls.lock().unwrap().len(), 2);
 }
