@@ -143,6 +143,12 @@ impl Slot {
         }))
     }
 
+    /// Whether `other` is this very slot (not merely one for the same
+    /// request).
+    pub(crate) fn same(&self, other: &Slot) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Completes when the slot is first loaded (or warmed).
     pub(crate) async fn first_use(&self) {
         self.0.wake.notified().await;

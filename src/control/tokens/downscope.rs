@@ -24,6 +24,8 @@ type Key = (TokenRequest, Arc<AccessBoundary>);
 
 struct Entry {
     slot: Slot,
+    /// The slot whose tokens this one exchanges.
+    base: Slot,
     refresher: AbortHandle,
     /// Asked for by a route's fixed boundary: kept for the registry's life.
     kept: bool,
@@ -67,32 +69,46 @@ impl Downscoped {
     }
 }
 
-impl Downscoper for Downscoped {
-    fn slot(&self, base: &Slot, boundary: Arc<AccessBoundary>, keep: bool) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (base.request().clone(), boundary);
-        if let Some(e) = slots.get_mut(&key) {
-            e.kept |= keep;
-            e.users += usize::from(!keep);
-            return e.slot.clone();
-        }
+impl Downscoped {
+    /// A new downscoped slot for `base` and `boundary`, and its refresher.
+    fn spawn(&self, base: &Slot, boundary: &Arc<AccessBoundary>) -> (Slot, AbortHandle) {
         let slot = Slot::new(base.request().clone());
         let task = self.runtime.spawn(refresher(
             slot.clone(),
             base.clone(),
-            key.1.clone(),
+            boundary.clone(),
             self.minter.clone(),
         ));
-        slots.insert(
-            key,
+        (slot, task.abort_handle())
+    }
+}
+
+impl Downscoper for Downscoped {
+    fn slot(&self, base: &Slot, boundary: Arc<AccessBoundary>, keep: bool) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (base.request().clone(), boundary);
+        let e = slots.entry(key.clone()).or_insert_with(|| {
+            let (slot, refresher) = self.spawn(base, &key.1);
             Entry {
-                slot: slot.clone(),
-                refresher: task.abort_handle(),
-                kept: keep,
-                users: usize::from(!keep),
-            },
-        );
-        slot
+                slot,
+                base: base.clone(),
+                refresher,
+                kept: false,
+                users: 0,
+            }
+        });
+        if !e.base.same(base) {
+            // Another slot for the same request: an ended time box
+            // (`refresh = false`) that a reload minted anew. Exchange that
+            // one's tokens; the old refresher would wait on the ended box
+            // forever.
+            e.refresher.abort();
+            (e.slot, e.refresher) = self.spawn(base, &key.1);
+            e.base = base.clone();
+        }
+        e.kept |= keep;
+        e.users += usize::from(!keep);
+        e.slot.clone()
     }
 
     fn release(&self, base: &Slot, boundary: &AccessBoundary) {

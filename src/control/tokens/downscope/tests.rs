@@ -424,3 +424,40 @@ async fn when_the_base_expires_the_downscoped_slot_fails_with_its_cause() {
     assert!(bearer(&a).ends_with("-of-base-1"), "{}", bearer(&a));
     assert_eq!(minter.calls.lock().unwrap().len(), 2);
 }
+
+/// A time box (`refresh = false`) ends, and the reload that mints it anew
+/// makes a new base slot: the downscoped slot for the same request and
+/// boundary exchanges the new box's token, not the ended one's.
+#[tokio::test(start_paused = true)]
+async fn a_time_box_minted_anew_by_a_reload_is_exchanged_again() {
+    let (minter, registry, _) = setup(Duration::from_secs(40));
+    let request = TokenRequest::access_token(
+        "boxed@p.iam.gserviceaccount.com",
+        &[],
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .time_boxed();
+    let down = registry.downscoper();
+    let base = registry.slot(request.clone(), false);
+    let d = down.slot(&base, boundary("a-bucket"), true);
+    assert_eq!(
+        d.get().await.unwrap().to_str().unwrap(),
+        "Bearer down-0-of-base-0"
+    );
+    // The box ends, with no refresh: both slots stop serving.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    assert!(base.load().is_err());
+    assert!(d.load().is_err());
+    assert_eq!(minter.mints.load(Ordering::SeqCst), 1);
+    // The reload asks again: a new box, and its downscoped token.
+    let base = registry.slot(request, false);
+    let d = down.slot(&base, boundary("a-bucket"), true);
+    let got = tokio::time::timeout(Duration::from_secs(5), d.get())
+        .await
+        .expect("the downscoped slot follows the new box")
+        .unwrap();
+    assert_eq!(got.to_str().unwrap(), "Bearer down-1-of-base-1");
+    assert_eq!(registry.downscoped_slots(), 1);
+}
