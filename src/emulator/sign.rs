@@ -145,30 +145,6 @@ fn uri_encode(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -211,7 +187,10 @@ fn verify_signed_url(state: &State, parts: &Parts, host: &str) -> Result<String,
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
+            (
+                super::storage::percent_decode(k),
+                super::storage::percent_decode(v),
+            )
         })
         .collect();
     let get = |k: &str| {
@@ -354,7 +333,7 @@ pub(crate) fn signed_url(state: &State, host: &str, parts: &Parts, body: Bytes) 
             "",
         );
     };
-    let name = percent_decode(name);
+    let name = super::storage::percent_decode(name);
     let http_version = super::storage::http_version(parts.version);
     let record = |endpoint: &'static str, bytes: usize, upload_type: &'static str| {
         state.record(DataCall {

@@ -373,7 +373,9 @@ fn crc32c_b64(c: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(c.to_be_bytes())
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (a bad escape stays as it is), as Storage reads
+/// object names and query values.
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
