@@ -194,6 +194,78 @@ async fn idle_http1_client_connections_hold_no_upstream_connection() {
     assert_eq!(w.seen.connections.load(Relaxed), 1);
 }
 
+/// `n` client connections through `w`'s proxy to [`HOST`], each with one
+/// request done, left idle.
+async fn idle_clients(w: &World, n: usize) -> Vec<Sender> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = client(&w.proxy, HOST, false).await;
+        let resp = c.send(for_version(get(HOST, "/echo"), false)).await;
+        assert_eq!(resp.status(), 200);
+        body_string(resp).await;
+        clients.push(c);
+    }
+    clients
+}
+
+/// Every client sends one request for `path` at the same moment; waits
+/// for all the responses.
+async fn all_at_once(clients: Vec<Sender>, path: &'static str) -> Vec<Sender> {
+    let go = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut c in clients {
+        let go = go.clone();
+        tasks.spawn(async move {
+            go.wait().await;
+            let resp = c.send(for_version(get(HOST, path), false)).await;
+            assert_eq!(resp.status(), 200);
+            body_string(resp).await;
+            c
+        });
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test]
+async fn a_burst_of_idle_clients_turning_busy_shares_a_few_new_upstream_connections() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // One worker: one idle list, one limit on connections being made.
+    let w = world_with("burst", "workers = 1", "", "").await;
+    let clients = idle_clients(&w, 200).await;
+    assert_eq!(w.seen.connections.load(Relaxed), 1);
+    // 200 requests at once, one connection idle, and new connections that
+    // take half a second (an upstream far away). Before, each request
+    // found none idle and made its own: 199 TLS handshakes, every request
+    // waiting half a second. Now at most 16 are being made at a time, and
+    // the connection that comes back after each response goes to the next
+    // request waiting: most are served before the new ones are made.
+    w.seen.accept_delay_ms.store(500, Relaxed);
+    let clients = all_at_once(clients, "/echo").await;
+    let made = w.seen.connections.load(Relaxed) - 1;
+    assert!(
+        (1..=32).contains(&made),
+        "{made} upstream connections made for 200 requests at once"
+    );
+    assert_eq!(w.seen.requests.load(Relaxed), 400);
+    drop(clients);
+}
+
+#[tokio::test]
+async fn requests_that_keep_their_upstream_connections_busy_each_get_one() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world_with("burst-slow", "workers = 1", "", "").await;
+    let clients = idle_clients(&w, 40).await;
+    // 40 responses of 200 ms at once: none comes back in time to be
+    // shared, so each request needs a connection of its own, and the
+    // limit on connections being made at once is no limit on connections.
+    all_at_once(clients, "/slow/2").await;
+    let made = w.seen.connections.load(Relaxed) - 1;
+    assert!(
+        made > 16,
+        "{made} upstream connections for 40 concurrent long responses: requests waited for others to end"
+    );
+}
+
 /// Reads one response (a head and a `Content-Length` body) from `s`.
 async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     let mut out = Vec::new();

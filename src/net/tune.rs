@@ -28,6 +28,14 @@ pub const MAX_IDLE_PER_HOST: usize = 32;
 /// the requests about to come, instead of closing them and opening new
 /// ones a moment later.
 pub const MAX_IDLE_BURST: usize = 1024;
+/// New upstream HTTP/1.1 connections being made at once, per host per
+/// worker. A request that finds no idle connection and no permit waits
+/// for the first of a connection handed back and a permit: when a fleet
+/// of idle clients turns busy at once, a few connections are made and
+/// shared instead of one TLS handshake per request (the upstream's CPU
+/// and the proxy's). Connections that stay busy (long responses) free
+/// their permit once made, so the number of connections is not capped.
+pub const MAX_CONNECTING_PER_HOST: usize = 16;
 /// Idle upstream connections beyond [`MAX_IDLE_PER_HOST`] are closed once
 /// unused for this long: a burst's connections go soon after it ends.
 pub const IDLE_SURPLUS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -60,6 +60,9 @@ pub struct Seen {
     pub requests: AtomicUsize,
     /// TCP connections accepted.
     pub connections: AtomicUsize,
+    /// Each connection accepted from now on waits this long (ms) before
+    /// its TLS handshake: an upstream far away, or slow to accept.
+    pub accept_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A hyper server on loopback, TLS (h1 + h2 by ALPN) when `tls` is set.
@@ -84,6 +87,10 @@ pub async fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAd
             let tls = tls.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
+                let delay = seen.accept_delay_ms.load(Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 let svc = service_fn(move |req| {
                     let seen = seen.clone();
                     async move {
