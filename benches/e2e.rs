@@ -15,12 +15,19 @@
 //! through nginx as a TLS reverse proxy doing the same work (TLS in, the
 //! `Authorization` header set, TLS out to the same upstream over kept-alive
 //! connections, an access log line per request, as many workers as the
-//! proxy), and the idle-connection leg measures nginx's memory too.
+//! proxy), and the idle-connection legs measure nginx's memory too.
 //!
-//! The fleet legs (`idle`, `10000`): a fresh proxy, N TLS connections
-//! through it (CONNECT, TLS, one request each) left idle; the proxy's RSS
-//! (/proc/PID/status) before, idle, under load (every connection sending)
-//! and after they all close.
+//! The keep-alive HTTP/1.1 legs also run through the proxy's spliced
+//! tunnel (`[intercept] other = "tunnel"`: CONNECT, then bytes copied both
+//! ways, TLS end to end with the upstream): the same hops as the proxy and
+//! nginx with nothing terminated in the middle, the floor any proxy on
+//! this machine stands on ("splice/s", and its ratio to nginx).
+//!
+//! The fleet legs (`idle`, `10000`, `idle h2`): a fresh proxy, N TLS
+//! connections through it (CONNECT, TLS, one request each; HTTP/2 for
+//! `idle h2`) left idle; the proxy's RSS (/proc/PID/status) before, idle,
+//! under load (every connection sending, with the upstream connections
+//! made meanwhile: each a TLS handshake) and after they all close.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -60,6 +67,7 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
     let names = vec![
         "bench.googleapis.com".to_string(),
         "*.bench.googleapis.com".to_string(),
+        SPLICE_HOST.to_string(),
     ];
     let cert = CertificateParams::new(names)
         .unwrap()
@@ -86,6 +94,8 @@ fn tls_material(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
 
 /// Upstream connections open now (the proxy's, and nginx's).
 static UPSTREAM_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Upstream connections accepted so far (each a TLS handshake).
+static UPSTREAM_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct OpenGuard;
 impl Drop for OpenGuard {
@@ -162,6 +172,7 @@ fn start_upstream(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
                 let _ = s.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 UPSTREAM_OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                UPSTREAM_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
                     let _open = OpenGuard;
                     let Ok(tls) = acceptor.accept(s).await else {
@@ -298,7 +309,8 @@ fn start_proxy(
         impersonate_proxy::ca::init(&certs, false).unwrap();
     }
     let key = emu.write_service_account_key(dir, SOURCE_SA).unwrap();
-    let mut resolve = format!("\"bench.googleapis.com\" = \"{upstream}\"\n");
+    let mut resolve =
+        format!("\"bench.googleapis.com\" = \"{upstream}\"\n\"{SPLICE_HOST}\" = \"{upstream}\"\n");
     for h in impersonate_proxy::emulator::HOSTS {
         resolve.push_str(&format!("\"{h}\" = \"{}\"\n", emu.addr()));
     }
@@ -308,7 +320,7 @@ fn start_proxy(
         ));
     }
     let cfg = format!(
-        "{extra}[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[[route]]\nname = \"bench\"\nhosts = [\"bench.googleapis.com\", \"*.bench.googleapis.com\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{}\", \"{}\"]\n[upstream.resolve]\n{resolve}",
+        "{extra}[proxy]\nlisten = \"127.0.0.1:0\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca-key.pem\"\n[source]\ntype = \"service_account\"\nfile = \"{key}\"\n[audit]\nfile = \"{audit}\"\n[intercept]\nother = \"tunnel\"\nallow_private = [\"127.0.0.0/8\"]\n[[route]]\nname = \"bench\"\nhosts = [\"bench.googleapis.com\", \"*.bench.googleapis.com\"]\nimpersonate = \"{TARGET_SA}\"\nwarm = true\n[upstream]\nextra_ca = [\"{}\", \"{}\"]\n[upstream.resolve]\n{resolve}",
         upstream_ca.display(),
         emu.ca_pem_path().display(),
         key = key.display(),
@@ -489,7 +501,15 @@ enum Via {
     Direct,
     Proxy,
     Nginx,
+    /// Through the proxy's spliced tunnel to the upstream (`[intercept]
+    /// other = "tunnel"`): the same hops as the proxy and nginx legs, with
+    /// no TLS terminated in the middle, so the least a proxy can cost.
+    Splice,
 }
+
+/// The name the splice leg CONNECTs to: not intercepted, resolved to the
+/// upstream, on the upstream's certificate.
+const SPLICE_HOST: &str = "splice.bench.test";
 
 fn client_tls(ca: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let roots = impersonate_proxy::net::tls::root_store(&[ca]).unwrap();
@@ -521,6 +541,11 @@ async fn try_open(
     h2: bool,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let e = |e: std::io::Error| e.to_string();
+    let host = if via == Via::Splice {
+        SPLICE_HOST
+    } else {
+        host
+    };
     let (stream, cfg) = match via {
         Via::Direct => (
             TcpStream::connect(ends.upstream).await.map_err(e)?,
@@ -532,7 +557,7 @@ async fn try_open(
                 .map_err(e)?,
             &ends.upstream_tls,
         ),
-        Via::Proxy => {
+        Via::Proxy | Via::Splice => {
             let mut s = TcpStream::connect(ends.proxy).await.map_err(e)?;
             s.write_all(
                 format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes(),
@@ -548,7 +573,14 @@ async fn try_open(
             if !head.starts_with(b"HTTP/1.1 200") {
                 return Err(String::from_utf8_lossy(&head).to_string());
             }
-            (s, &ends.proxy_tls)
+            (
+                s,
+                if via == Via::Splice {
+                    &ends.upstream_tls
+                } else {
+                    &ends.proxy_tls
+                },
+            )
         }
     };
     stream.set_nodelay(true).map_err(e)?;
@@ -795,6 +827,59 @@ async fn open_idle(ends: &Ends, via: Via, n: usize) -> (Vec<H1>, Vec<String>) {
     (open, failed)
 }
 
+type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// [`open_idle`] for HTTP/2 connections (gRPC clients, say): one request
+/// each, then idle.
+async fn open_idle_h2(ends: &Ends, via: Via, n: usize) -> (Vec<H2>, Vec<String>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ends, gate) = (ends.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            let tls = try_open(&ends, via, "bench.googleapis.com", true).await?;
+            let (mut s, c) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(c);
+            let resp = s
+                .send_request(req("/64", true))
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status() != 200 {
+                return Err(format!("status {}", resp.status()));
+            }
+            drain(resp).await;
+            Ok::<H2, String>(s)
+        }));
+    }
+    let (mut open, mut failed) = (Vec::with_capacity(n), Vec::new());
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(s) => open.push(s),
+            Err(e) => failed.push(e),
+        }
+    }
+    (open, failed)
+}
+
+/// The connections a fleet leg holds open.
+enum Fleet {
+    H1(Vec<H1>),
+    H2(Vec<H2>),
+}
+
+impl Fleet {
+    fn len(&self) -> usize {
+        match self {
+            Fleet::H1(c) => c.len(),
+            Fleet::H2(c) => c.len(),
+        }
+    }
+}
+
 /// Every connection sends requests back to back for `dur`; returns
 /// requests/s and failures.
 async fn load_all(conns: &mut Vec<H1>, dur: Duration) -> (f64, usize) {
@@ -856,12 +941,14 @@ fn mib(kib: u64) -> String {
 /// The fleet leg: `n` idle keep-alive TLS connections through `via`
 /// (one request each): the server's RSS per idle connection, under load
 /// (when `load` is set), and after they all close.
+#[allow(clippy::too_many_arguments)]
 fn fleet_leg(
     rt: &tokio::runtime::Runtime,
     ends: &Ends,
     via: Via,
     pids: &dyn Fn() -> Vec<u32>,
     n: usize,
+    h2: bool,
     load: Option<Duration>,
     label: &str,
 ) {
@@ -869,7 +956,13 @@ fn fleet_leg(
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(&pids());
     let t = Instant::now();
-    let (mut conns, failed) = rt.block_on(open_idle(ends, via, n));
+    let (mut conns, failed) = if h2 {
+        let (c, f) = rt.block_on(open_idle_h2(ends, via, n));
+        (Fleet::H2(c), f)
+    } else {
+        let (c, f) = rt.block_on(open_idle(ends, via, n));
+        (Fleet::H1(c), f)
+    };
     let opened_in = t.elapsed();
     // Past the proxy's PARK_AFTER (1 s): the connections are idle.
     std::thread::sleep(Duration::from_millis(2500));
@@ -887,14 +980,16 @@ fn fleet_leg(
         idle.saturating_sub(before) as f64 / conns.len().max(1) as f64,
         up_idle.saturating_sub(up0),
     );
-    if let Some(dur) = load {
+    if let (Some(dur), Fleet::H1(conns)) = (load, &mut conns) {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sampler = sample_peak(pids(), stop.clone());
-        let (rps, failed) = rt.block_on(load_all(&mut conns, dur));
+        let made0 = UPSTREAM_MADE.load(std::sync::atomic::Ordering::Relaxed);
+        let (rps, failed) = rt.block_on(load_all(conns, dur));
+        let made = UPSTREAM_MADE.load(std::sync::atomic::Ordering::Relaxed) - made0;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let peak = sampler.join().unwrap();
         println!(
-            "{label}: under load (all {} sending for {:.0} s): {rps:.0} req/s, {failed} failed; peak RSS {}; upstream connections open {}",
+            "{label}: under load (all {} sending for {:.0} s): {rps:.0} req/s, {failed} failed; peak RSS {}; upstream connections made {made}, open {}",
             conns.len(),
             dur.as_secs_f64(),
             mib(peak),
@@ -998,7 +1093,7 @@ fn main() {
             .unwrap_or(0)
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>10} {:>9}",
+        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9}",
         "leg",
         "direct/s",
         "proxy/s",
@@ -1009,7 +1104,9 @@ fn main() {
         "rps ×",
         "p50 ×",
         "nginx/s",
-        "p/nginx ×"
+        "p/nginx ×",
+        "splice/s",
+        "s/nginx ×"
     );
     let legs: [(&str, bool, usize, usize, &'static str); 6] = [
         ("h1 keep-alive c=1", false, 1, 1, "/64"),
@@ -1035,9 +1132,14 @@ fn main() {
             }
             let (mut d, mut p, mut g) = (Vec::new(), Vec::new(), Vec::new());
             let with_nginx = ends.nginx.is_some() && path == "/64";
+            // The floor: the same hops through a spliced tunnel.
+            let mut floor = Vec::new();
             for _ in 0..rounds {
                 if with_nginx {
                     g.push(keepalive(&ends, Via::Nginx, h2, conns, streams, path, dur).await.rps);
+                }
+                if path == "/64" {
+                    floor.push(keepalive(&ends, Via::Splice, h2, conns, streams, path, dur).await.rps);
                 }
                 let up0 = thread_cpu("upstream");
                 d.push(keepalive(&ends, Via::Direct, h2, conns, streams, path, dur).await);
@@ -1063,14 +1165,17 @@ fn main() {
             let d99 = median(d.iter().map(|s| s.p99_us).collect());
             let p99 = median(p.iter().map(|s| s.p99_us).collect());
             let unit = if big { " MB/s" } else { "" };
-            let (gm, gr) = if g.is_empty() {
-                ("—".to_string(), "—".to_string())
-            } else {
-                let gm = median(g);
-                (format!("{gm:.0}"), format!("{:.2}", pm / gm))
+            let nginx = (!g.is_empty()).then(|| median(g));
+            let floor = (!floor.is_empty()).then(|| median(floor));
+            let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.2}", a / b),
+                _ => "—".to_string(),
             };
+            let (gm, gr) = (cell(nginx), ratio(Some(pm), nginx));
+            let (fm, fr) = (cell(floor), ratio(floor, nginx));
             println!(
-                "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>10} {:>9}",
+                "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>10} {:>9} {:>9} {:>9}",
                 name,
                 format!("{dm:.0}{unit}"),
                 format!("{pm:.0}{unit}"),
@@ -1078,7 +1183,9 @@ fn main() {
                 pm / dm,
                 p50 / d50,
                 gm,
-                gr
+                gr,
+                fm,
+                fr
             );
         }
         if let Some(r) = cpu_ratio.take() {
@@ -1125,11 +1232,15 @@ fn main() {
     }
 
     // Fleet legs: a fresh proxy each, so that its RSS is the leg's.
+    // nginx keeps the memory of a leg for the next one: the small leg
+    // first, so that each of its legs starts from where nginx started.
     let fleet = [
-        ("idle 5000", 5000usize, Some(Duration::from_secs(2))),
-        ("10000 connections", 10_000, None),
+        // gRPC clients: HTTP/2 connections, idle between calls.
+        ("idle h2 2000", 2000usize, true, None),
+        ("idle 5000", 5000, false, Some(Duration::from_secs(2))),
+        ("10000 connections", 10_000, false, None),
     ];
-    for (name, n, load) in fleet {
+    for (name, n, h2, load) in fleet {
         if !wanted(name) {
             continue;
         }
@@ -1155,6 +1266,7 @@ fn main() {
             Via::Proxy,
             &|| vec![pid],
             n,
+            h2,
             load,
             &format!("{name}, proxy"),
         );
@@ -1168,6 +1280,7 @@ fn main() {
                     Via::Nginx,
                     &|| with_children(pid),
                     n,
+                    h2,
                     load,
                     &format!("{name}, nginx"),
                 );
