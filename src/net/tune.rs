@@ -17,12 +17,17 @@ pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// An idle upstream connection is closed after this long unused.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle upstream connections kept per host (per worker for forwarding).
-/// Client connections hold an upstream connection only while a response
-/// streams, so this many cover a worker's bursts; more would only hold
-/// memory and the upstream's places after the burst (nginx's `keepalive`
-/// is per worker too, and its examples use 16–32).
-pub const MAX_IDLE_PER_HOST: usize = 32;
+/// Idle upstream connections kept per host (per worker for forwarding)
+/// once they have been unused for [`IDLE_SURPLUS_TIMEOUT`]. Client
+/// connections hold an upstream connection only while a response streams
+/// and connections in use are never closed for this cap, so it only says
+/// how many stay warm through a lull; the next burst shares what comes
+/// back and makes more [`MAX_CONNECTING_PER_HOST`] at a time. Each kept
+/// connection also pins about 75 KiB of the allocator's pages after a
+/// burst (it was made among the burst's short-lived allocations): 32 per
+/// worker left the proxy at 2.0–2.1× its pre-load RSS after 5,000 busy
+/// clients closed, 8 at 1.7× (`benches/README.md`).
+pub const MAX_IDLE_PER_HOST: usize = 8;
 /// During a burst (more responses ending than requests starting), up to
 /// this many idle upstream connections per host per worker are kept for
 /// the requests about to come, instead of closing them and opening new
