@@ -1069,7 +1069,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // As many nginx workers as the proxy has (one per core); `--no-nginx`
     // leaves nginx out.
-    let nginx = if args.iter().any(|a| a == "--no-nginx") {
+    let mut nginx = if args.iter().any(|a| a == "--no-nginx") {
         None
     } else {
         start_nginx(&dir, upstream, cores)
@@ -1232,8 +1232,6 @@ fn main() {
     }
 
     // Fleet legs: a fresh proxy each, so that its RSS is the leg's.
-    // nginx keeps the memory of a leg for the next one: the small leg
-    // first, so that each of its legs starts from where nginx started.
     let fleet = [
         // gRPC clients: HTTP/2 connections, idle between calls.
         ("idle h2 2000", 2000usize, true, None),
@@ -1271,9 +1269,17 @@ fn main() {
             &format!("{name}, proxy"),
         );
         drop(proxy);
-        if name.starts_with("idle") {
+        if name.starts_with("idle") && nginx.is_some() {
+            // A fresh nginx for each leg, as for the proxy: nginx keeps the
+            // memory of a leg for the next one.
+            drop(nginx.take());
+            nginx = start_nginx(&dir, upstream, cores);
             if let Some(ng) = &nginx {
                 let pid = ng.child.id();
+                let ends = Ends {
+                    nginx: Some(ng.addr),
+                    ..ends.clone()
+                };
                 fleet_leg(
                     &rt,
                     &ends,
