@@ -792,74 +792,58 @@ async fn transfer(ends: &Ends, upload: bool, bytes: usize) -> f64 {
 
 type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-/// Opens `n` HTTP/1.1 connections via `via` (64 handshakes at a time), one
-/// request each, and leaves them open. Returns them and the failures.
-async fn open_idle(ends: &Ends, via: Via, n: usize) -> (Vec<H1>, Vec<String>) {
-    let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (ends, gate) = (ends.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _p = gate.acquire_owned().await.unwrap();
-            let tls = try_open(&ends, via, "bench.googleapis.com", false).await?;
-            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(c);
-            let resp = s
-                .send_request(req("/64", false))
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.status() != 200 {
-                return Err(format!("status {}", resp.status()));
-            }
-            drain(resp).await;
-            Ok::<H1, String>(s)
-        }));
-    }
-    let (mut open, mut failed) = (Vec::with_capacity(n), Vec::new());
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(s) => open.push(s),
-            Err(e) => failed.push(e),
-        }
-    }
-    (open, failed)
-}
-
 type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
-/// [`open_idle`] for HTTP/2 connections (gRPC clients, say): one request
-/// each, then idle.
-async fn open_idle_h2(ends: &Ends, via: Via, n: usize) -> (Vec<H2>, Vec<String>) {
+/// One connection via `via`, HTTP/2 (a gRPC client, say) or HTTP/1.1,
+/// with one request done.
+async fn open_one(ends: &Ends, via: Via, h2: bool) -> Result<Fleet, String> {
+    let tls = try_open(ends, via, "bench.googleapis.com", h2).await?;
+    let io = TokioIo::new(tls);
+    let e = |e: hyper::Error| e.to_string();
+    let (conn, resp) = if h2 {
+        let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(e)?;
+        tokio::spawn(c);
+        let resp = s.send_request(req("/64", true)).await.map_err(e)?;
+        (Fleet::H2(vec![s]), resp)
+    } else {
+        let (mut s, c) = hyper::client::conn::http1::handshake(io).await.map_err(e)?;
+        tokio::spawn(c);
+        let resp = s.send_request(req("/64", false)).await.map_err(e)?;
+        (Fleet::H1(vec![s]), resp)
+    };
+    if resp.status() != 200 {
+        return Err(format!("status {}", resp.status()));
+    }
+    drain(resp).await;
+    Ok(conn)
+}
+
+/// Opens `n` connections via `via` (64 handshakes at a time), one request
+/// each, and leaves them open. Returns them and the failures.
+async fn open_idle(ends: &Ends, via: Via, n: usize, h2: bool) -> (Fleet, Vec<String>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let (ends, gate) = (ends.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await.unwrap();
-            let tls = try_open(&ends, via, "bench.googleapis.com", true).await?;
-            let (mut s, c) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(c);
-            let resp = s
-                .send_request(req("/64", true))
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.status() != 200 {
-                return Err(format!("status {}", resp.status()));
-            }
-            drain(resp).await;
-            Ok::<H2, String>(s)
+            open_one(&ends, via, h2).await
         }));
     }
-    let (mut open, mut failed) = (Vec::with_capacity(n), Vec::new());
+    let mut open = if h2 {
+        Fleet::H2(Vec::with_capacity(n))
+    } else {
+        Fleet::H1(Vec::with_capacity(n))
+    };
+    let mut failed = Vec::new();
     for t in tasks {
-        match t.await.unwrap() {
-            Ok(s) => open.push(s),
-            Err(e) => failed.push(e),
+        match (t.await.unwrap(), &mut open) {
+            (Ok(Fleet::H1(c)), Fleet::H1(all)) => all.extend(c),
+            (Ok(Fleet::H2(c)), Fleet::H2(all)) => all.extend(c),
+            (Ok(_), _) => unreachable!("one protocol per leg"),
+            (Err(e), _) => failed.push(e),
         }
     }
     (open, failed)
@@ -956,13 +940,7 @@ fn fleet_leg(
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(&pids());
     let t = Instant::now();
-    let (mut conns, failed) = if h2 {
-        let (c, f) = rt.block_on(open_idle_h2(ends, via, n));
-        (Fleet::H2(c), f)
-    } else {
-        let (c, f) = rt.block_on(open_idle(ends, via, n));
-        (Fleet::H1(c), f)
-    };
+    let (mut conns, failed) = rt.block_on(open_idle(ends, via, n, h2));
     let opened_in = t.elapsed();
     // Past the proxy's PARK_AFTER (1 s): the connections are idle.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1256,7 +1234,7 @@ fn main() {
             ..ends.clone()
         };
         // Warm: the token minted, the leaf cached.
-        drop(rt.block_on(open_idle(&ends, Via::Proxy, 1)));
+        drop(rt.block_on(open_idle(&ends, Via::Proxy, 1, false)));
         let pid = proxy.child.id();
         fleet_leg(
             &rt,
