@@ -1,7 +1,8 @@
 //! End-to-end bench: the release binary as a child process, a local TLS
 //! upstream and a load client in this process. Every leg runs "direct"
 //! (client → upstream) and "proxy" (client → CONNECT → proxy → upstream)
-//! side by side in rounds; the table quotes medians and the ratios.
+//! side by side in rounds; the table quotes medians and the ratios (to
+//! nginx and to the splice floor: the median of each round's ratio).
 //!
 //! `cargo bench --bench e2e` (add `-- --quick` for a shorter run, and
 //! `-- --only TEXT` to run only the legs whose name contains TEXT,
@@ -1143,15 +1144,20 @@ fn main() {
             let d99 = median(d.iter().map(|s| s.p99_us).collect());
             let p99 = median(p.iter().map(|s| s.p99_us).collect());
             let unit = if big { " MB/s" } else { "" };
-            let nginx = (!g.is_empty()).then(|| median(g));
-            let floor = (!floor.is_empty()).then(|| median(floor));
-            let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) => format!("{:.2}", a / b),
-                _ => "—".to_string(),
+            // Against nginx: the median of each round's ratio (nginx ran
+            // in the same round, moments before), so that the machine's
+            // drift from round to round cancels out.
+            let paired = |a: &[f64], b: &[f64]| {
+                (!b.is_empty() && a.len() == b.len())
+                    .then(|| median(a.iter().zip(b).map(|(x, y)| x / y).collect()))
             };
-            let (gm, gr) = (cell(nginx), ratio(Some(pm), nginx));
-            let (fm, fr) = (cell(floor), ratio(floor, nginx));
+            let rps: Vec<f64> = p.iter().map(|s| s.rps).collect();
+            let ratio = |r: Option<f64>| r.map_or("—".to_string(), |r| format!("{r:.2}"));
+            let (gr, fr) = (ratio(paired(&rps, &g)), ratio(paired(&floor, &g)));
+            let cell = |v: &[f64]| {
+                (!v.is_empty()).then(|| median(v.to_vec())).map_or("—".to_string(), |v| format!("{v:.0}"))
+            };
+            let (gm, fm) = (cell(&g), cell(&floor));
             println!(
                 "{:<26} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>10} {:>9} {:>9} {:>9}",
                 name,
