@@ -382,10 +382,29 @@ async fn retries_during_an_outage_are_paced_by_the_time_left() {
 #[derive(Clone, Default)]
 pub(super) struct Logs(Arc<Mutex<Vec<u8>>>);
 
+/// Holds a capture: its subscriber, a second one that only counts, and the
+/// lock that keeps other captures out meanwhile.
+pub(super) struct Capturing {
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
 impl Logs {
     /// Captures this thread's `tracing` events, debug and up, until the
     /// guard is dropped (a paused-clock test's tasks run on its thread).
-    pub(super) fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    ///
+    /// `tracing` caches, process-wide, whether each callsite is wanted.
+    /// While a single subscriber exists it asks only the subscriber of the
+    /// thread that first reaches the callsite: a test on another thread,
+    /// with none, reaching one of this module's debug lines first would
+    /// switch it off for this capture too (seen in CI: 0 of 5 repeats
+    /// logged). A second subscriber, registered and kept while the capture
+    /// lasts, makes `tracing` ask every live subscriber instead. One
+    /// capture at a time, and the caches are rebuilt once it is in place.
+    pub(super) fn capture() -> (Logs, Capturing) {
+        static ONE: Mutex<()> = Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
         let logs = Logs::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -393,7 +412,17 @@ impl Logs {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        let default = tracing::subscriber::set_default(subscriber);
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::callsite::rebuild_interest_cache();
+        (
+            logs,
+            Capturing {
+                _default: default,
+                _second: second,
+                _one_at_a_time: one,
+            },
+        )
     }
 
     /// How many lines so far have `level` and `what` in them.
