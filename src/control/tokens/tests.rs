@@ -400,8 +400,8 @@ impl Logs {
     /// with none, reaching one of this module's debug lines first would
     /// switch it off for this capture too (seen in CI: 0 of 5 repeats
     /// logged). A second subscriber, registered and kept while the capture
-    /// lasts, makes `tracing` ask every live subscriber instead. One
-    /// capture at a time, and the caches are rebuilt once it is in place.
+    /// lasts, makes `tracing` ask every live subscriber instead (registering
+    /// it rebuilds the caches). One capture at a time.
     pub(super) fn capture() -> (Logs, Capturing) {
         static ONE: Mutex<()> = Mutex::new(());
         let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,7 +414,6 @@ impl Logs {
             .finish();
         let default = tracing::subscriber::set_default(subscriber);
         let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        tracing::callsite::rebuild_interest_cache();
         (
             logs,
             Capturing {

@@ -24,9 +24,10 @@
 //! a new one; at most [`tune::MAX_CONNECTING_PER_HOST`] are being made at
 //! once. So when thousands of idle clients turn busy together, a few new
 //! connections are made and shared instead of a TLS handshake per
-//! request (measured in `benches/README.md`: 4,925 → 794 connections and
-//! 4.5× the requests per second), while requests whose responses keep
-//! their connections busy still each get one as fast as they can be made.
+//! request (`benches/README.md`, fleet scale third pass: 4,925 → 716–830
+//! connections, 3–5× the requests per second), while requests whose
+//! responses keep their connections busy still each get one as fast as
+//! they can be made.
 //!
 //! HTTP/2 client connections (gRPC) share one multiplexed upstream
 //! connection per host and worker, held the same way, so no request pays
