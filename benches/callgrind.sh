@@ -2,7 +2,7 @@
 # Proxy instructions per request under callgrind, the method of
 # benches/README.md ("second optimisation pass"):
 #   E2E_PROXY_PREFIX="valgrind --tool=callgrind --callgrind-out-file=..." \
-#     cargo bench --bench e2e -- --quick --secs $SECS --only "c=16"
+#     cargo bench --bench e2e -- --quick --secs $SECS --only "c=16" --no-splice --no-nginx
 # counters zeroed after warm-up, requests counted from the audit file.
 #
 # Precisely:
@@ -32,7 +32,7 @@ TMP=${TMPDIR:-/tmp}
 cargo bench --bench e2e --no-run >"$OUT/build.log" 2>&1
 
 E2E_PROXY_PREFIX="valgrind --tool=callgrind --callgrind-out-file=$OUT/cg.%p.out" \
-  cargo bench --bench e2e -- --quick --secs "$SECS" --only "c=16" \
+  cargo bench --bench e2e -- --quick --secs "$SECS" --only "c=16" --no-splice --no-nginx \
   >"$OUT/bench.out" 2>"$OUT/bench.err" &
 CARGO=$!
 

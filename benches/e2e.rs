@@ -10,7 +10,7 @@
 //! runs the proxy under a profiler, e.g. "valgrind --tool=callgrind";
 //! `E2E_PROXY_BIN` runs another build of the proxy (an older commit, or
 //! one with another allocator) against the same bench; `--no-nginx` leaves
-//! the nginx legs out.
+//! the nginx legs out, and `--no-splice` the splice floor.
 //!
 //! Where Debian's `nginx` is installed, the keep-alive legs also run
 //! through nginx as a TLS reverse proxy doing the same work (TLS in, the
@@ -204,12 +204,158 @@ fn thread_cpu(prefix: &str) -> u64 {
     total
 }
 
+/// CPU time, in clock ticks, of the bench's client threads, its upstream
+/// threads, and the process in the middle (the proxy, or nginx's workers).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    client: u64,
+    upstream: u64,
+    middle: u64,
+    /// The part of `middle` spent in the kernel.
+    middle_kernel: u64,
+}
+
+impl Cpu {
+    fn now(middle: &[PathBuf]) -> Cpu {
+        Cpu {
+            client: thread_cpu("client"),
+            upstream: thread_cpu("upstream"),
+            middle: middle.iter().map(|p| stat_cpu(p)).sum(),
+            middle_kernel: middle.iter().map(|p| stat_field(p, 12)).sum(),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            client: self.client.saturating_sub(before.client),
+            upstream: self.upstream.saturating_sub(before.upstream),
+            middle: self.middle.saturating_sub(before.middle),
+            middle_kernel: self.middle_kernel.saturating_sub(before.middle_kernel),
+        }
+    }
+
+    fn add(&mut self, o: Cpu) {
+        self.client += o.client;
+        self.upstream += o.upstream;
+        self.middle += o.middle;
+        self.middle_kernel += o.middle_kernel;
+    }
+}
+
+/// One leg's CPU per request, direct, through the proxy and through nginx,
+/// and what the proxy could use to reach 1.1× nginx's rate on the same
+/// CPU (the goal): nginx's total ÷ 1.1, less the client's and the
+/// upstream's share.
+fn cpu_breakdown(name: &str, cpu: &[CpuPerRequest; 3], nginx: bool, tick: f64) -> String {
+    let row = |label: &str, c: &CpuPerRequest, middle: bool| {
+        let [cl, up, mid, all, kernel] = c.micros(tick);
+        let (mid, kernel) = if middle {
+            (format!("{mid:5.1}"), format!("{kernel:5.1}"))
+        } else {
+            ("    —".into(), "    —".into())
+        };
+        format!(
+            "  {label:<7} {cl:5.1} + {up:5.1} + {mid} = {all:5.1}   (middle in the kernel {kernel}; {:.2} cores busy)",
+            c.cores(tick)
+        )
+    };
+    let mut out = format!(
+        "{name}\n{}\n{}",
+        row("direct", &cpu[0], false),
+        row("proxy", &cpu[1], true)
+    );
+    if nginx {
+        let [pc, pu, pm, ..] = cpu[1].micros(tick);
+        let ng_all = cpu[2].micros(tick)[3];
+        let room = ng_all / 1.1 - pc - pu;
+        out += &format!(
+            "\n{}\n  1.1× nginx's rate needs the proxy within {room:.1} µs per request; it uses {pm:.1} (nginx {:.1})",
+            row("nginx", &cpu[2], true),
+            cpu[2].micros(tick)[2]
+        );
+    }
+    out
+}
+
+/// The `stat` files of nginx's workers (the master's children).
+fn nginx_workers(master: u32) -> Vec<PathBuf> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|pid| PathBuf::from(format!("/proc/{pid}/stat")))
+        .collect()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU per request of one way through, summed over the rounds.
+#[derive(Default)]
+struct CpuPerRequest {
+    cpu: Cpu,
+    requests: f64,
+    /// Wall-clock seconds of the legs.
+    secs: f64,
+}
+
+impl CpuPerRequest {
+    /// Runs `leg` and counts its CPU and requests.
+    async fn measure(
+        &mut self,
+        middle: &[PathBuf],
+        leg: impl std::future::Future<Output = Sample>,
+    ) -> Sample {
+        let before = Cpu::now(middle);
+        let s = leg.await;
+        self.cpu.add(Cpu::now(middle).since(before));
+        self.requests += s.requests;
+        self.secs += s.requests / s.rps.max(f64::MIN_POSITIVE);
+        s
+    }
+
+    /// Cores kept busy by the three, on average.
+    fn cores(&self, tick: f64) -> f64 {
+        let c = self.cpu;
+        (c.client + c.upstream + c.middle) as f64 * tick / self.secs.max(f64::MIN_POSITIVE)
+    }
+
+    /// µs per request: client, upstream, middle, all three, and the
+    /// middle's kernel part.
+    fn micros(&self, tick: f64) -> [f64; 5] {
+        let us = |t: u64| t as f64 * tick * 1e6 / self.requests.max(1.0);
+        let c = self.cpu;
+        [
+            us(c.client),
+            us(c.upstream),
+            us(c.middle),
+            us(c.client + c.upstream + c.middle),
+            us(c.middle_kernel),
+        ]
+    }
+}
+
+/// User + system CPU ticks of a `/proc/…/stat` file.
 fn stat_cpu(path: &Path) -> u64 {
+    stat_field(path, 11) + stat_field(path, 12)
+}
+
+/// Field `i` after the command name of a `/proc/…/stat` file (11: user
+/// ticks, 12: system ticks).
+fn stat_field(path: &Path, i: usize) -> u64 {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+    after
+        .split_whitespace()
+        .nth(i)
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -643,6 +789,8 @@ async fn drain(resp: Response<Incoming>) -> usize {
 }
 
 struct Sample {
+    /// Requests answered.
+    requests: f64,
     rps: f64,
     mbps: f64,
     p50_us: f64,
@@ -712,6 +860,7 @@ async fn keepalive(
             .unwrap_or(0) as f64
     };
     Sample {
+        requests: lat.len() as f64,
         rps: lat.len() as f64 / secs,
         mbps: bytes as f64 / secs / 1e6,
         p50_us: pct(0.5),
@@ -1048,6 +1197,9 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // As many nginx workers as the proxy has (one per core); `--no-nginx`
     // leaves nginx out.
+    // `--no-splice` leaves the splice floor out (a profile of the proxy
+    // then counts only the terminated legs).
+    let splice = !args.iter().any(|a| a == "--no-splice");
     let mut nginx = if args.iter().any(|a| a == "--no-nginx") {
         None
     } else {
@@ -1096,6 +1248,8 @@ fn main() {
         ("h2 1 MB responses 1×4", true, 1, 4, "/1m"),
     ];
     let mut cpu_ratio = None;
+    let mut cpu_lines = Vec::new();
+    let tick = 1.0 / clock_ticks();
     rt.block_on(async {
         // The proxy leg must be the real path: routed, token attached, 200.
         match sender(&ends, Via::Proxy, false).await {
@@ -1113,28 +1267,31 @@ fn main() {
             let with_nginx = ends.nginx.is_some() && path == "/64";
             // The floor: the same hops through a spliced tunnel.
             let mut floor = Vec::new();
+            // CPU per request of each way through: direct, proxy, nginx.
+            let mut cpu: [CpuPerRequest; 3] = Default::default();
+            let workers = nginx.as_ref().map_or(Vec::new(), |n| nginx_workers(n.child.id()));
+            let proxy_stat = std::slice::from_ref(&proxy_stat);
             for _ in 0..rounds {
                 if with_nginx {
-                    g.push(keepalive(&ends, Via::Nginx, h2, conns, streams, path, dur).await.rps);
+                    let leg = keepalive(&ends, Via::Nginx, h2, conns, streams, path, dur);
+                    g.push(cpu[2].measure(&workers, leg).await.rps);
                 }
-                if path == "/64" {
+                if splice && path == "/64" {
                     floor.push(keepalive(&ends, Via::Splice, h2, conns, streams, path, dur).await.rps);
                 }
-                let up0 = thread_cpu("upstream");
-                d.push(keepalive(&ends, Via::Direct, h2, conns, streams, path, dur).await);
-                let up1 = thread_cpu("upstream");
-                let px0 = stat_cpu(&proxy_stat);
-                let s = keepalive(&ends, Via::Proxy, h2, conns, streams, path, dur).await;
-                let px1 = stat_cpu(&proxy_stat);
-                let up2 = thread_cpu("upstream");
-                if name == "h1 keep-alive c=16" {
-                    // CPU per request, proxy vs upstream, on the same requests.
-                    let proxy_cpu = (px1 - px0) as f64;
-                    let up_cpu = (up2 - up1).max(1) as f64;
-                    let _ = up0;
-                    cpu_ratio.get_or_insert_with(Vec::new).push(proxy_cpu / up_cpu);
-                }
+                let leg = keepalive(&ends, Via::Direct, h2, conns, streams, path, dur);
+                d.push(cpu[0].measure(&[], leg).await);
+                let leg = keepalive(&ends, Via::Proxy, h2, conns, streams, path, dur);
+                let s = cpu[1].measure(proxy_stat, leg).await;
                 p.push(s);
+            }
+            if path == "/64" {
+                cpu_lines.push(cpu_breakdown(name, &cpu, with_nginx, tick));
+            }
+            if name == "h1 keep-alive c=16" {
+                // CPU per request, proxy vs upstream, on the same requests.
+                let c = cpu[1].cpu;
+                cpu_ratio = Some(c.middle as f64 / c.upstream.max(1) as f64);
             }
             let big = path == "/1m";
             let dm = median(d.iter().map(|s| if big { s.mbps } else { s.rps }).collect());
@@ -1172,8 +1329,19 @@ fn main() {
                 fr
             );
         }
+        if !cpu_lines.is_empty() {
+            println!(
+                "CPU per request, µs: the bench's client + its upstream + the middle (proxy or nginx) = all;"
+            );
+            println!(
+                "they share this machine's cores, so where the cores are all busy, requests/s ≈ cores ÷ all"
+            );
+            for l in cpu_lines.drain(..) {
+                println!("{l}");
+            }
+        }
         if let Some(r) = cpu_ratio.take() {
-            println!("proxy CPU per request / upstream CPU per request (h1 c=16): {:.2}×", median(r));
+            println!("proxy CPU per request / upstream CPU per request (h1 c=16): {r:.2}×");
         }
 
         if !wanted("handshake") {
