@@ -1286,7 +1286,10 @@ fn main() {
                 p.push(s);
             }
             if path == "/64" {
-                cpu_lines.push(cpu_breakdown(name, &cpu, with_nginx, tick));
+                // Without nginx's workers (no `/proc/…/children`), its CPU
+                // is unknown: its row is left out.
+                let nginx_cpu = with_nginx && !workers.is_empty();
+                cpu_lines.push(cpu_breakdown(name, &cpu, nginx_cpu, tick));
             }
             if name == "h1 keep-alive c=16" {
                 // CPU per request, proxy vs upstream, on the same requests.
