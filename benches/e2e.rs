@@ -266,12 +266,11 @@ fn cpu_breakdown(name: &str, cpu: &[CpuPerRequest; 3], nginx: bool, tick: f64) -
     );
     if nginx {
         let [pc, pu, pm, ..] = cpu[1].micros(tick);
-        let ng_all = cpu[2].micros(tick)[3];
-        let room = ng_all / 1.1 - pc - pu;
+        let [_, _, nm, n_all, _] = cpu[2].micros(tick);
+        let room = n_all / 1.1 - pc - pu;
         out += &format!(
-            "\n{}\n  1.1× nginx's rate needs the proxy within {room:.1} µs per request; it uses {pm:.1} (nginx {:.1})",
+            "\n{}\n  1.1× nginx's rate needs the proxy within {room:.1} µs per request; it uses {pm:.1} (nginx {nm:.1})",
             row("nginx", &cpu[2], true),
-            cpu[2].micros(tick)[2]
         );
     }
     out
