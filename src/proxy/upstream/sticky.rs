@@ -105,6 +105,25 @@ impl Default for HostIdle {
     }
 }
 
+/// A request's place in its host's queue. A connection handed to it that
+/// it did not take (its own new one was made first, or the request was
+/// dropped: its client went away, its time ran out) goes back to the next
+/// request waiting or to the idle list, instead of being closed.
+struct Waiting {
+    rx: oneshot::Receiver<SendRequest<ProxyBody>>,
+    host: Arc<HostIdle>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Closed first, so that nothing is handed over after the look.
+        self.rx.close();
+        if let Ok(s) = self.rx.try_recv() {
+            self.host.put(s);
+        }
+    }
+}
+
 /// How a request got its HTTP/1.1 connection.
 enum Got {
     /// Idle, or handed back by a response that ended: it may have been
@@ -145,7 +164,7 @@ impl HostIdle {
         connector: &Connector,
         uri: &http::Uri,
     ) -> Result<Got, String> {
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         {
             let mut pool = self.lock();
             if let Some(s) = Self::take_from(&mut pool) {
@@ -157,11 +176,16 @@ impl HostIdle {
             }
             pool.waiters.push_back(tx);
         }
+        let mut waiting = Waiting {
+            rx,
+            host: self.clone(),
+        };
         let permit = tokio::select! {
             biased;
-            handed = &mut rx => match handed {
+            handed = &mut waiting.rx => match handed {
                 Ok(s) => return Ok(Got::Kept(s)),
-                // The worker's list is gone (shutting down).
+                // Not while this request holds its host (only the host's
+                // end drops a waiter unanswered): connect anyway.
                 Err(_) => return connect(connector.clone(), uri.clone()).await.map(Got::New),
             },
             p = self.connects.clone().acquire_owned() => p,
@@ -169,8 +193,10 @@ impl HostIdle {
         let mut connect = Box::pin(connect(connector.clone(), uri.clone()));
         tokio::select! {
             biased;
+            // A connection handed over meanwhile goes back as `waiting`
+            // is dropped.
             made = &mut connect => made.map(Got::New),
-            Ok(s) = &mut rx => {
+            Ok(s) = &mut waiting.rx => {
                 // Handed one first: the new connection, when made, goes to
                 // the next request waiting, or to the idle list.
                 let host = self.clone();
